@@ -1,0 +1,8 @@
+"""Canonicalizers: modules mapping a batch of clouds to one Frame per cloud."""
+
+from .base import Canonicalizer
+from .identity import IdentityCanonicalizer
+from .learned import E3nnCanonicalizer
+from .pca import PCACanonicalizer, principal_axes
+
+__all__ = ["Canonicalizer", "E3nnCanonicalizer", "IdentityCanonicalizer", "PCACanonicalizer", "principal_axes"]

@@ -1,0 +1,65 @@
+"""PCA canonicalization: the hand-made heuristic the learned canonicalizer is compared with.
+
+Axes are the eigenvectors of each cloud's covariance, sorted by decreasing variance. Each axis' sign
+is chosen so that the third moment of the points' projections on it is positive; for SO3/SE3 the
+third axis is instead ``e1 × e2`` (det = +1).
+
+Known discontinuities (why learned canonicalization exists): when two variances are (nearly)
+equal the axes swap or spin abruptly, and when a projection's third moment is (nearly) zero — any
+cloud symmetric under a reflection across that axis' plane — its sign flips under arbitrarily small
+perturbations. The frame is then still exactly equivariant on generic input, but not continuous.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..frames import Frame, Group, has_reflections
+from .base import Canonicalizer
+
+__all__ = ["PCACanonicalizer", "principal_axes"]
+
+
+def principal_axes(pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Centroid, principal axes and variances of each cloud.
+
+    Args:
+        pos: [B, N, 3]; mask: [B, N].
+
+    Returns:
+        centroid [B, 3], axes [B, 3, 3] (columns, by decreasing variance, signs arbitrary),
+        variances [B, 3] (decreasing).
+    """
+    w = mask.to(pos.dtype)[..., None]
+    count = w.sum(1)
+    centroid = (pos * w).sum(1) / count
+    centred = (pos - centroid[:, None]) * w
+    cov = centred.transpose(1, 2) @ centred / count[..., None]
+    variances, axes = torch.linalg.eigh(cov)  # ascending
+    return centroid, axes.flip(-1), variances.flip(-1)
+
+
+def third_moment_signs(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor) -> Tensor:
+    """+1/-1 per axis making the third moment of the projections non-negative: [B, 3]."""
+    proj = (pos - centroid[:, None]) @ axes  # [B, N, 3]
+    moment = (proj**3 * mask.to(pos.dtype)[..., None]).sum(1)
+    return torch.where(moment < 0, -torch.ones_like(moment), torch.ones_like(moment))
+
+
+class PCACanonicalizer(Canonicalizer):
+    """Principal axes with the third-moment sign rule (see the module docstring for its limits).
+
+    Translation: the centroid for SE3/E3, zero for SO3/O3.
+    """
+
+    def __init__(self, group: Group = "SO3") -> None:
+        super().__init__(group)
+
+    def frame(self, pos: Tensor, mask: Tensor, scalars: Tensor | None, vectors: Tensor | None) -> Frame:
+        centroid, axes, _ = principal_axes(pos, mask)
+        axes = axes * third_moment_signs(pos, mask, centroid, axes)[:, None, :]
+        if not has_reflections(self.group):
+            third = torch.linalg.cross(axes[..., 0], axes[..., 1])
+            axes = torch.stack([axes[..., 0], axes[..., 1], third], dim=-1)
+        return Frame(axes, self._translation(pos, mask))

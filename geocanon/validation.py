@@ -1,0 +1,113 @@
+"""Input checks shared by every entry point: bad input gets a ``ValueError`` naming the problem.
+
+Checked per cloud: shape, dtype, NaN/Inf, empty, a single point, all points coincident, and (on
+request) all points collinear or coplanar. Degeneracy is measured by the singular values of the
+centred cloud relative to its largest one, so it is scale-free.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .layout import to_dense
+
+__all__ = ["check_points", "check_features"]
+
+
+def _clouds(indices: Tensor) -> str:
+    idx = indices.flatten().tolist()
+    more = f" and {len(idx) - 10} more" if len(idx) > 10 else ""
+    return f"{idx[:10]}{more}"
+
+
+def check_points(
+    pos: Tensor,
+    mask: Tensor | None = None,
+    batch: Tensor | None = None,
+    name: str = "pos",
+    min_rank: int = 1,
+    rel_tol: float | None = None,
+) -> None:
+    """Raise ``ValueError`` unless ``pos`` is a usable batch of point clouds.
+
+    Args:
+        pos: dense [B, N, 3] (with optional ``mask`` [B, N]) or flat [M, 3] with ``batch`` [M].
+        mask: padding mask of a dense batch, True for real points.
+        batch: cloud index of each flat point (sorted).
+        name: the argument's name, used in messages.
+        min_rank: geometric rank each cloud must reach: 1 rejects coincident points, 2 also collinear
+            clouds, 3 also coplanar clouds. A cloud must have at least 2 points whatever the rank.
+        rel_tol: a singular value counts as zero below ``rel_tol`` times the largest one
+            (default 1e-4 for float32, 1e-8 for float64).
+    """
+    if not isinstance(pos, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(pos).__name__}")
+    if not pos.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {pos.dtype}")
+    if batch is not None:
+        if pos.ndim != 2 or pos.shape[-1] != 3:
+            raise ValueError(f"{name} with a batch vector must have shape [M, 3], got {list(pos.shape)}")
+        if batch.shape != pos.shape[:1]:
+            raise ValueError(f"batch must have shape [M] = [{pos.shape[0]}], got {list(batch.shape)}")
+        if pos.shape[0] == 0:
+            raise ValueError(f"{name} is empty: no points in the batch")
+        if batch.numel() > 1 and (batch[1:] < batch[:-1]).any():
+            raise ValueError("batch must be sorted (PyG convention: points of cloud 0 first, then cloud 1, ...)")
+        pos, mask = to_dense(pos, batch)
+    else:
+        if pos.ndim != 3 or pos.shape[-1] != 3:
+            raise ValueError(f"{name} must have shape [B, N, 3] (or [M, 3] with batch=), got {list(pos.shape)}")
+        if mask is not None and mask.shape != pos.shape[:2]:
+            raise ValueError(f"mask must have shape [B, N] = {list(pos.shape[:2])}, got {list(mask.shape)}")
+    if pos.shape[0] == 0:
+        raise ValueError(f"{name} holds no clouds (batch size 0)")
+    if mask is None:
+        mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
+    finite = torch.isfinite(pos).all(-1) | ~mask
+    if not finite.all():
+        raise ValueError(f"{name} contains NaN or Inf in cloud(s) {_clouds((~finite).any(1).nonzero())}")
+    counts = mask.sum(1)
+    if (counts == 0).any():
+        raise ValueError(f"{name} has empty cloud(s) {_clouds((counts == 0).nonzero())}")
+    if (counts == 1).any():
+        raise ValueError(
+            f"{name} has single-point cloud(s) {_clouds((counts == 1).nonzero())}: a frame needs at least 2 points"
+        )
+    if rel_tol is None:
+        rel_tol = 1e-8 if pos.dtype == torch.float64 else 1e-4
+    pos = torch.where(mask[..., None], pos, torch.zeros_like(pos))
+    w = mask.to(pos.dtype)[..., None]
+    centred = (pos - (pos * w).sum(1, keepdim=True) / counts[:, None, None].to(pos.dtype)) * w
+    sv = torch.linalg.svdvals(centred.detach())  # [B, 3]
+    largest = sv[:, 0]
+    scale = pos.detach().abs().mul(w).amax(dim=(1, 2)).clamp_min(torch.finfo(pos.dtype).tiny)
+    coincident = largest <= rel_tol * scale * counts.to(pos.dtype).sqrt()
+    if coincident.any():
+        raise ValueError(f"{name}: all points coincide in cloud(s) {_clouds(coincident.nonzero())}")
+    for rank, shape in ((2, "collinear"), (3, "coplanar")):
+        if min_rank >= rank:
+            flat = sv[:, rank - 1] <= rel_tol * largest
+            if flat.any():
+                raise ValueError(
+                    f"{name}: points are {shape} in cloud(s) {_clouds(flat.nonzero())}; a frame is not "
+                    f"determined by such a cloud"
+                )
+
+
+def check_features(x: Tensor, expected_leading: tuple[int, ...], last_dim: int | None, name: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is finite with leading shape ``expected_leading`` (and last dim).
+
+    Args:
+        x: a per-point feature tensor, [B, N, F] or [M, F].
+        expected_leading: the shape of ``pos`` without its last axis.
+        last_dim: required size of the last axis (3 for vectors), or None for any.
+        name: the argument's name, used in messages.
+    """
+    if x.shape[: len(expected_leading)] != expected_leading or x.ndim != len(expected_leading) + 1:
+        want = list(expected_leading) + ["F" if last_dim is None else last_dim]
+        raise ValueError(f"{name} must have shape {want}, got {list(x.shape)}")
+    if last_dim is not None and x.shape[-1] != last_dim:
+        raise ValueError(f"{name} must have last dimension {last_dim}, got {list(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf")

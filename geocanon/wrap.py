@@ -1,0 +1,179 @@
+"""Wrapping any backbone: ``Canonicalized`` (one learned/PCA frame) and ``FrameAveraged`` (all PCA frames).
+
+The backbone sees canonical coordinates and is called as ``backbone(pos, **vectors, **scalars)``,
+plus ``batch=`` / ``mask=`` when the caller passed them. Its output is mapped back by type:
+
+* ``"invariant"`` — logits, energies: returned as they are;
+* ``"vector"`` — velocities, forces, per point [B, N, 3] / [M, 3] or per cloud [B, 3]: ``V_c @ R.T``;
+* ``"position"`` — positions, same shapes: ``P_c @ R.T + t``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .canonicalizers.base import Canonicalizer
+from .canonicalizers.frame_averaging import pca_frames
+from .frames import Frame, Group
+
+__all__ = ["Canonicalized", "FrameAveraged", "OutputType", "map_back"]
+
+OutputType = Literal["invariant", "vector", "position"]
+OUTPUT_TYPES = ("invariant", "vector", "position")
+
+
+def _check_output(output: str) -> None:
+    if output not in OUTPUT_TYPES:
+        raise ValueError(f"output must be one of {OUTPUT_TYPES}, got {output!r}")
+
+
+def map_back(out: Tensor, frame: Frame, output: OutputType, batch: Tensor | None = None) -> Tensor:
+    """Express a backbone output given in canonical coordinates in input coordinates.
+
+    Args:
+        out: invariant [B, ...]; or vectors/positions per point [B, N, 3] (flat: [M, 3] with ``batch``)
+            or per cloud [B, 3].
+        frame: the frame used to canonicalize (B clouds).
+        output: "invariant", "vector" or "position".
+        batch: [M] for flat per-point outputs.
+    """
+    _check_output(output)
+    if output == "invariant":
+        return out
+    if out.shape[-1] != 3:
+        raise ValueError(f"a {output!r} output must end in 3 components, got shape {list(out.shape)}")
+    per_cloud = out.ndim == 2 and batch is None
+    if per_cloud:
+        out = out[:, None]
+    elif batch is not None and out.ndim != 2:
+        raise ValueError(f"with a batch vector a {output!r} output must be [M, 3], got {list(out.shape)}")
+    mapped = frame.from_canonical_points(out, batch) if output == "position" else frame.from_canonical_vectors(out, batch)
+    return mapped[:, 0] if per_cloud else mapped
+
+
+class _FeatureRouting(nn.Module):
+    """Shared plumbing: names of vector / scalar features and how the backbone is called."""
+
+    def __init__(self, backbone: nn.Module, output: OutputType, vector_features: Sequence[str], scalar_features: Sequence[str]) -> None:
+        super().__init__()
+        _check_output(output)
+        overlap = set(vector_features) & set(scalar_features)
+        if overlap:
+            raise ValueError(f"features {sorted(overlap)} are declared both as vectors and as scalars")
+        self.backbone = backbone
+        self.output = output
+        self.vector_features = tuple(vector_features)
+        self.scalar_features = tuple(scalar_features)
+
+    def _split(self, features: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        unknown = set(features) - set(self.vector_features) - set(self.scalar_features)
+        if unknown:
+            raise ValueError(
+                f"unexpected features {sorted(unknown)}: declare them with vector_features= or scalar_features="
+            )
+        missing = (set(self.vector_features) | set(self.scalar_features)) - set(features)
+        if missing:
+            raise ValueError(f"missing features {sorted(missing)}")
+        vectors = {k: features[k] for k in self.vector_features}
+        scalars = {k: features[k] for k in self.scalar_features}
+        for name, v in vectors.items():
+            if v.shape[-1] != 3:
+                raise ValueError(f"vector feature {name!r} must end in 3 components, got {list(v.shape)}")
+        return vectors, scalars
+
+    def _call_backbone(self, pos: Tensor, vectors: dict[str, Tensor], scalars: dict[str, Tensor], batch: Tensor | None, mask: Tensor | None) -> Tensor:
+        extra: dict[str, Tensor] = {}
+        if batch is not None:
+            extra["batch"] = batch
+        if mask is not None:
+            extra["mask"] = mask
+        return self.backbone(pos, **vectors, **scalars, **extra)
+
+
+class Canonicalized(_FeatureRouting):
+    """Make any backbone invariant/equivariant by running it in a predicted canonical frame.
+
+    Args:
+        backbone: any ``nn.Module`` called as ``backbone(pos, **vectors, **scalars[, batch=][, mask=])``.
+        canonicalizer: a :class:`~geocanon.canonicalizers.Canonicalizer` (learned, PCA, identity).
+        output: "invariant", "vector" or "position" (see module docstring).
+        vector_features: names of per-point vector keyword inputs ([B, N, 3] or [M, 3]); they are
+            canonicalized for the backbone and, stacked in this order, fed to the canonicalizer.
+        scalar_features: names of per-point invariant keyword inputs ([B, N, F] or [M, F]); passed
+            through, and concatenated in this order for the canonicalizer.
+
+    Shapes: ``pos`` [B, N, 3] (optional ``mask`` [B, N]) or flat [M, 3] with ``batch`` [M].
+
+    Attributes:
+        last_frame: the Frame of the most recent call (for priors and diagnostics).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        canonicalizer: Canonicalizer,
+        output: OutputType = "invariant",
+        vector_features: Sequence[str] = (),
+        scalar_features: Sequence[str] = (),
+    ) -> None:
+        super().__init__(backbone, output, vector_features, scalar_features)
+        self.canonicalizer = canonicalizer
+        self.last_frame: Frame | None = None
+
+    def forward(self, pos: Tensor, *, batch: Tensor | None = None, mask: Tensor | None = None, **features: Tensor) -> Tensor:
+        """Backbone output in input coordinates (see class docstring for shapes)."""
+        vectors, scalars = self._split(features)
+        can = self.canonicalizer
+        frame = can(
+            pos,
+            batch=batch,
+            mask=mask,
+            scalars=torch.cat(list(scalars.values()), -1) if can.num_scalar_features and scalars else None,
+            vectors=torch.stack(list(vectors.values()), -2) if can.num_vector_features and vectors else None,
+        )
+        self.last_frame = frame
+        pos_c = frame.to_canonical_points(pos, batch)
+        vectors_c = {k: frame.to_canonical_vectors(v, batch) for k, v in vectors.items()}
+        out = self._call_backbone(pos_c, vectors_c, scalars, batch, mask)
+        return map_back(out, frame, self.output, batch)
+
+
+class FrameAveraged(_FeatureRouting):
+    """Frame averaging over the PCA sign frames (Puny et al. 2022): the backbone runs K times per cloud.
+
+    K = 4 for SO3/SE3 and 8 for O3/E3 (see :func:`~geocanon.canonicalizers.frame_averaging.pca_frames`).
+    Dense input only ([B, N, 3] with optional mask [B, N]); same call convention and ``output``
+    types as :class:`Canonicalized`. Invariant outputs are averaged as they are (logits).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        group: Group = "SO3",
+        output: OutputType = "invariant",
+        vector_features: Sequence[str] = (),
+        scalar_features: Sequence[str] = (),
+    ) -> None:
+        super().__init__(backbone, output, vector_features, scalar_features)
+        self.group = group
+
+    def forward(self, pos: Tensor, *, mask: Tensor | None = None, **features: Tensor) -> Tensor:
+        """Average of the mapped-back backbone outputs over all frames: same shapes as the backbone's."""
+        vectors, scalars = self._split(features)
+        frames = pca_frames(pos, mask=mask, group=self.group)
+        b = pos.shape[0]
+        k = len(frames) // b
+
+        def repeat(x: Tensor) -> Tensor:
+            return x.repeat_interleave(k, 0)
+
+        pos_c = frames.to_canonical_points(repeat(pos))
+        vectors_c = {name: frames.to_canonical_vectors(repeat(v)) for name, v in vectors.items()}
+        scalars_k = {name: repeat(s) for name, s in scalars.items()}
+        out = self._call_backbone(pos_c, vectors_c, scalars_k, None, None if mask is None else repeat(mask))
+        out = map_back(out, frames, self.output)
+        return out.unflatten(0, (b, k)).mean(1)

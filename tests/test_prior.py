@@ -1,0 +1,61 @@
+"""Canonicalization priors and diagnostics on known rotations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from geocanon import CanonicalizationPrior, axis_prior, fraction_within, identity_prior, mean_angle_to_identity
+
+
+def rot_z(theta: float) -> torch.Tensor:
+    c, s = math.cos(theta), math.sin(theta)
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def rot_x(theta: float) -> torch.Tensor:
+    c, s = math.cos(theta), math.sin(theta)
+    return torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.3, 1.2, math.pi])
+def test_identity_prior_formula(theta):
+    r = rot_z(theta)[None]
+    assert identity_prior(r).item() == pytest.approx(4 * (1 - math.cos(theta)), abs=1e-12)
+    assert identity_prior(r, reference=r[0]).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_axis_prior_ignores_rotation_about_the_axis():
+    assert axis_prior(rot_z(1.1)[None]).item() == pytest.approx(0.0, abs=1e-12)
+    theta = 0.5
+    # R u - u for u = z, R = rot_x(θ): |(0, -sin θ, cos θ - 1)|² = 2(1 - cos θ)
+    assert axis_prior(rot_x(theta)[None]).item() == pytest.approx(2 * (1 - math.cos(theta)), abs=1e-12)
+    assert axis_prior(rot_x(theta)[None], axis=(1.0, 0.0, 0.0)).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_prior_module_kinds():
+    r = torch.stack([rot_x(0.4), rot_z(0.4)])
+    assert CanonicalizationPrior("none")(r).item() == 0.0
+    assert CanonicalizationPrior("identity", beta=2.0)(r).item() == pytest.approx(2 * 4 * (1 - math.cos(0.4)), abs=1e-12)
+    assert CanonicalizationPrior("axis", beta=1.0)(r).item() == pytest.approx((2 * (1 - math.cos(0.4))) / 2, abs=1e-12)
+    with pytest.raises(ValueError, match="prior kind"):
+        CanonicalizationPrior("upright")
+
+
+def test_diagnostics():
+    r = torch.stack([rot_z(math.radians(5)), rot_z(math.radians(9)), rot_x(math.radians(30)), rot_x(math.radians(90))])
+    assert fraction_within(r, 10.0) == pytest.approx(0.5)
+    assert mean_angle_to_identity(r) == pytest.approx((5 + 9 + 30 + 90) / 4, abs=1e-6)
+    reflected = -torch.eye(3, dtype=torch.float64)[None]
+    assert fraction_within(reflected, 10.0) == 0.0
+
+
+def test_prior_gradient_pulls_towards_identity():
+    angle = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    c, s = torch.cos(angle), torch.sin(angle)
+    zero, one = torch.zeros(()), torch.ones(())
+    r = torch.stack([torch.stack([c, -s, zero]), torch.stack([s, c, zero]), torch.stack([zero, zero, one])])[None]
+    identity_prior(r).backward()
+    assert angle.grad.item() > 0  # descending reduces the angle

@@ -1,0 +1,141 @@
+"""Canonicalized and FrameAveraged around random non-equivariant backbones, plus equivariance_error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from geocanon import Canonicalized, E3nnCanonicalizer, FrameAveraged, IdentityCanonicalizer, PCACanonicalizer
+from geocanon.testing import assert_equivariant, equivariance_error
+
+from .conftest import tolerance
+
+
+class PointMLP(nn.Module):
+    """A deliberately non-equivariant backbone: per-point MLP on raw coordinates (+ features).
+
+    output "invariant": pooled logits [B, 4]; "vector"/"position": per-point [B, N, 3] or flat [M, 3].
+    """
+
+    def __init__(self, per_point: bool, vel: bool = False, charge: bool = False) -> None:
+        super().__init__()
+        self.per_point = per_point
+        d = 3 + 3 * vel + charge
+        self.net = nn.Sequential(nn.Linear(d, 32), nn.Tanh(), nn.Linear(32, 3 if per_point else 4))
+
+    def forward(self, pos, vel=None, charge=None, batch=None, mask=None):
+        x = torch.cat([t for t in (pos, vel, charge) if t is not None], -1)
+        h = self.net(x)
+        if self.per_point:
+            return h
+        if batch is not None:
+            from torch_geometric.utils import scatter
+
+            return scatter(h, batch, dim=0, reduce="sum")
+        if mask is not None:
+            h = h * mask[..., None]
+        return h.sum(1)
+
+
+def _learned(group: str, **kw) -> E3nnCanonicalizer:
+    return E3nnCanonicalizer(group=group, hidden_mul=4, k=6, num_points=16, **kw)
+
+
+@pytest.mark.parametrize("group", ["SO3", "O3", "SE3", "E3"])
+@pytest.mark.parametrize("output", ["invariant", "vector", "position"])
+def test_canonicalized_backbone_is_exact(group, output, dtype):
+    model = Canonicalized(PointMLP(per_point=output != "invariant"), _learned(group), output=output)
+    pos = torch.randn(4, 15, 3)
+    err = equivariance_error(model, pos, group=group, output=output, trials=3)
+    assert err < tolerance(dtype), err
+    bare = equivariance_error(model.backbone, pos, group=group, output=output, trials=3)
+    assert bare > 1e-2  # the check can fail: the bare backbone is not equivariant
+
+
+def test_canonicalized_with_features_nbody_style(dtype):
+    canon = _learned("E3", num_scalar_features=1, num_vector_features=1, translation="learned")
+    model = Canonicalized(
+        PointMLP(per_point=True, vel=True, charge=True), canon, "position", vector_features=["vel"], scalar_features=["charge"]
+    )
+    pos, vel = torch.randn(3, 5, 3), torch.randn(3, 5, 3)
+    charge = torch.randint(0, 2, (3, 5, 1)).to(pos.dtype) * 2 - 1
+    err = equivariance_error(model, pos, "E3", "position", vectors={"vel": vel}, scalars={"charge": charge})
+    assert err < tolerance(dtype)
+    assert model.last_frame is not None and model.last_frame.rotation.shape == (3, 3, 3)
+
+
+def test_pyg_batch_matches_dense(dtype):
+    torch.manual_seed(3)
+    model = Canonicalized(PointMLP(per_point=True), _learned("SE3"), output="position")
+    sizes = [6, 9]
+    clouds = [torch.randn(n, 3) for n in sizes]
+    batch = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    flat = model(torch.cat(clouds), batch=batch)
+    for i, c in enumerate(clouds):
+        assert torch.allclose(flat[batch == i], model(c[None])[0], atol=10 * tolerance(dtype))
+    err = equivariance_error(model, torch.cat(clouds), "SE3", "position", batch=batch)
+    assert err < tolerance(dtype)
+
+
+def test_pyg_data_batch_objects():
+    from torch_geometric.data import Batch, Data
+
+    data = Batch.from_data_list([Data(pos=torch.randn(n, 3)) for n in (5, 8, 11)])
+    model = Canonicalized(PointMLP(per_point=False), _learned("SO3"), output="invariant")
+    out = model(data.pos, batch=data.batch)
+    assert out.shape == (3, 4)
+    assert equivariance_error(model, data.pos, "SO3", batch=data.batch) < 1e-4
+
+
+def test_masked_dense_batch(dtype):
+    model = Canonicalized(PointMLP(per_point=False), _learned("E3"), output="invariant")
+    pos = torch.randn(2, 10, 3)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[0, 6:] = False
+    out = model(pos, mask=mask)
+    assert torch.allclose(out[0], model(pos[:1, :6])[0], atol=10 * tolerance(dtype))
+    assert equivariance_error(model, pos, "E3", mask=mask) < tolerance(dtype)
+
+
+@pytest.mark.parametrize("group", ["SO3", "O3"])
+def test_frame_averaging_is_exact(group, dtype):
+    pos = torch.randn(3, 30, 3) * torch.tensor([3.0, 2.0, 1.0])
+    model = FrameAveraged(PointMLP(per_point=False), group=group)
+    assert equivariance_error(model, pos, group) < tolerance(dtype)
+    vec_model = FrameAveraged(PointMLP(per_point=True), group=group, output="vector")
+    assert equivariance_error(vec_model, pos, group, "vector") < tolerance(dtype)
+
+
+def test_pca_canonicalized_exact_on_generic_clouds(dtype):
+    pos = torch.randn(3, 30, 3) * torch.tensor([3.0, 2.0, 1.0])
+    model = Canonicalized(PointMLP(per_point=False), PCACanonicalizer("SE3"))
+    assert equivariance_error(model, pos, "SE3") < tolerance(dtype)
+
+
+def test_identity_canonicalizer_fails_the_check():
+    model = Canonicalized(PointMLP(per_point=False), IdentityCanonicalizer())
+    with pytest.raises(AssertionError, match="exceeds tolerance"):
+        assert_equivariant(model, torch.randn(2, 10, 3), group="SO3")
+
+
+def test_gradients_flow_to_canonicalizer_and_backbone():
+    model = Canonicalized(PointMLP(per_point=True), _learned("SE3"), output="position")
+    pos = torch.randn(2, 12, 3, requires_grad=True)
+    model(pos).pow(2).sum().backward()
+    assert torch.isfinite(pos.grad).all()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.canonicalizer.parameters())
+    assert all(p.grad is not None for p in model.backbone.parameters())
+
+
+def test_feature_routing_errors():
+    model = Canonicalized(PointMLP(per_point=True, vel=True), _learned("SE3"), "vector", vector_features=["vel"])
+    pos = torch.randn(1, 5, 3)
+    with pytest.raises(ValueError, match="missing features"):
+        model(pos)
+    with pytest.raises(ValueError, match="unexpected features"):
+        model(pos, vel=torch.randn(1, 5, 3), spin=torch.randn(1, 5, 3))
+    with pytest.raises(ValueError, match="output must be one of"):
+        Canonicalized(PointMLP(per_point=True), _learned("SE3"), "pseudovector")
+    with pytest.raises(ValueError, match="both as vectors and as scalars"):
+        Canonicalized(PointMLP(per_point=True), _learned("SE3"), vector_features=["a"], scalar_features=["a"])
