@@ -1,0 +1,1 @@
+"""Benchmarks: one Lightning harness (:mod:`.harness`) and one module per benchmark."""

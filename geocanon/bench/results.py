@@ -1,0 +1,92 @@
+"""Benchmark results: JSON + Markdown under ``benchmarks/results/`` with provenance.
+
+Every file records the exact command, the seed(s), the git commit (with a ``-dirty`` mark when the
+tree had uncommitted changes), the hardware, the date and the wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["provenance", "write_results", "markdown_table", "hardware", "RESULTS_DIR"]
+
+RESULTS_DIR = Path("benchmarks") / "results"
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def hardware() -> str:
+    """One line: CPU model and cores (or GPU name), torch threads."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def provenance(wall_time_s: float | None = None, seeds: list[int] | None = None) -> dict[str, Any]:
+    """Command, commit, hardware, date, wall time and versions of this run."""
+    return {
+        "command": "geocanon " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name == "geocanon" else " ".join([Path(sys.executable).name] + sys.argv),
+        "commit": _git_commit(),
+        "hardware": hardware(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": wall_time_s,
+        "seeds": seeds,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A GitHub Markdown table of ``rows`` restricted to ``columns`` (floats to 4 significant digits)."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def write_results(stem: str | Path, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``stem.json`` (payload) and ``stem.md`` (markdown + provenance) atomically."""
+    stem = Path(stem)
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    _atomic_write(json_path, json.dumps(payload, indent=2, default=float) + "\n")
+    meta = payload.get("provenance", {})
+    footer = "\n\n" + "\n".join(f"- **{k}**: `{v}`" for k, v in meta.items() if k != "versions")
+    _atomic_write(md_path, markdown.rstrip() + footer + "\n")
+    return json_path, md_path

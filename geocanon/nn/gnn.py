@@ -1,0 +1,173 @@
+"""Plain (non-equivariant) message-passing GNN for N-body trajectory prediction.
+
+Each system is a fully connected graph of its particles. Message passing is dense over the
+``[B, N, N]`` pairs, which is exact and fast for the small N of N-body systems and works for any N.
+The model is deliberately not equivariant: absolute positions and velocities are node inputs, so
+it is the backbone that a canonicalizer makes E(3)-equivariant.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from geocanon.nn.pointnet import check_dense_cloud
+
+__all__ = ["NBodyGNN", "ACTIVATIONS", "check_nbody_inputs", "mlp", "pair_mask"]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+def mlp(sizes: list[int], activation: str, final_activation: bool) -> nn.Sequential:
+    """Fully connected network ``sizes[0] -> ... -> sizes[-1]``.
+
+    Args:
+        sizes: layer widths, at least two.
+        activation: key of :data:`ACTIVATIONS`.
+        final_activation: apply the activation after the last layer too.
+
+    Returns:
+        module mapping [..., sizes[0]] -> [..., sizes[-1]].
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    layers: list[nn.Module] = []
+    for i, (c_in, c_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(c_in, c_out))
+        if final_activation or i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+def check_nbody_inputs(
+    pos: Tensor, vel: Tensor, charge: Tensor, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Validate N-body inputs and zero the padding particles.
+
+    Args:
+        pos: [B, N, 3] positions.
+        vel: [B, N, 3] velocities.
+        charge: [B, N, 1] charges.
+        mask: [B, N] bool, True for real particles, or None.
+
+    Returns:
+        (pos, vel, charge, mask) with padding rows set to 0, so that whatever the caller put there
+        cannot reach the real particles (not even as NaN times a zero weight).
+
+    Raises:
+        ValueError: wrong shapes, non-finite values of real particles, or a system without particles.
+    """
+    mask, _ = check_dense_cloud(pos, mask, "pos")
+    if vel.shape != pos.shape:
+        raise ValueError(f"vel must have the shape of pos {tuple(pos.shape)}, got {tuple(vel.shape)}")
+    if charge.shape != (*pos.shape[:2], 1):
+        raise ValueError(f"charge must have shape {(*pos.shape[:2], 1)}, got {tuple(charge.shape)}")
+    pad = ~mask[..., None]
+    for name, value in (("vel", vel), ("charge", charge)):
+        bad = ~(torch.isfinite(value) | pad).all(-1).all(-1)
+        if bool(bad.any()):
+            raise ValueError(f"{name}: systems {torch.nonzero(bad).flatten().tolist()} contain NaN or Inf")
+    return pos.masked_fill(pad, 0.0), vel.masked_fill(pad, 0.0), charge.masked_fill(pad, 0.0), mask
+
+
+def pair_mask(mask: Tensor) -> Tensor:
+    """Ordered pairs (i, j), i != j, of real particles.
+
+    Args:
+        mask: [B, N] True for real particles.
+
+    Returns:
+        [B, N, N] bool, entry (b, i, j) True when both are real and i != j.
+    """
+    eye = torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
+    return mask[:, :, None] & mask[:, None, :] & ~eye
+
+
+class NBodyGNN(nn.Module):
+    """Message-passing GNN predicting the positions of every particle at the target frame.
+
+    Node inputs: position, velocity, speed |v| and charge (8 numbers). Edge inputs: ``q_i q_j`` and
+    ``|x_i - x_j|^2``. Each layer: ``m_ij = phi_e(h_i, h_j, e_ij)``, ``h_i <- h_i + phi_h(h_i, sum_j
+    m_ij)`` (then LayerNorm if enabled). Output ``pos + decoder(h)`` (or ``decoder(h)`` without the
+    position residual).
+
+    Args:
+        hidden: width of node features and messages.
+        layers: number of message-passing layers.
+        activation: key of :data:`ACTIVATIONS`.
+        layer_norm: apply LayerNorm to the node features after every layer.
+        position_residual: predict a displacement added to the input positions.
+        velocity_residual: also add ``α · vel`` with a learned scalar α (initialised to 1): the
+            constant-velocity guess, which the network then corrects.
+    """
+
+    def __init__(
+        self,
+        hidden: int = 64,
+        layers: int = 4,
+        activation: str = "silu",
+        layer_norm: bool = False,
+        position_residual: bool = True,
+        velocity_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if hidden < 1 or layers < 1:
+            raise ValueError(f"hidden and layers must be >= 1, got hidden={hidden}, layers={layers}")
+        self.position_residual = position_residual
+        self.velocity_step = nn.Parameter(torch.ones(())) if velocity_residual else None
+        self.encoder = mlp([8, hidden, hidden], activation, final_activation=True)
+        self.edge_mlps = nn.ModuleList(
+            [mlp([2 * hidden + 2, hidden, hidden], activation, True) for _ in range(layers)]
+        )
+        self.node_mlps = nn.ModuleList(
+            [mlp([2 * hidden, hidden, hidden], activation, False) for _ in range(layers)]
+        )
+        self.norms = nn.ModuleList(
+            [nn.LayerNorm(hidden) if layer_norm else nn.Identity() for _ in range(layers)]
+        )
+        self.decoder = mlp([hidden, hidden, 3], activation, final_activation=False)
+
+    def forward(self, pos: Tensor, vel: Tensor, charge: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Predict target positions.
+
+        Args:
+            pos: [B, N, 3] positions.
+            vel: [B, N, 3] velocities.
+            charge: [B, N, 1] charges.
+            mask: [B, N] bool, True for real particles, or None.
+
+        Returns:
+            [B, N, 3] predicted positions; padding rows are returned as the input ``pos``.
+        """
+        pos_in = pos
+        pos, vel, charge, mask = check_nbody_inputs(pos, vel, charge, mask)
+        n = pos.shape[1]
+        speed = vel.norm(dim=-1, keepdim=True)
+        h = self.encoder(torch.cat([pos, vel, speed, charge], -1))  # [B, N, H]
+        edge = torch.cat(
+            [
+                (charge * charge.transpose(1, 2))[..., None],
+                ((pos[:, :, None] - pos[:, None, :]) ** 2).sum(-1, keepdim=True),
+            ],
+            -1,
+        )  # [B, N, N, 2]
+        pairs = pair_mask(mask)[..., None]
+        for edge_mlp, node_mlp, norm in zip(self.edge_mlps, self.node_mlps, self.norms):
+            h_i = h[:, :, None].expand(-1, -1, n, -1)
+            h_j = h[:, None, :].expand(-1, n, -1, -1)
+            msg = edge_mlp(torch.cat([h_i, h_j, edge], -1)).masked_fill(~pairs, 0.0)
+            h = norm(h + node_mlp(torch.cat([h, msg.sum(2)], -1)))
+        out = self.decoder(h)
+        if self.position_residual:
+            out = pos + out
+        if self.velocity_step is not None:
+            out = out + self.velocity_step * vel
+        return torch.where(mask[..., None], out, pos_in)

@@ -1,0 +1,23 @@
+"""The constant-velocity baseline of the N-body benchmark."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ConstantVelocity"]
+
+
+class ConstantVelocity(nn.Module):
+    """Predicts ``pos + α · vel`` with one fitted scalar α (the published "Linear" baseline).
+
+    Exactly E(3)-equivariant. ``forward(pos [B, N, 3], vel [B, N, 3], charge [B, N, 1], mask=None) -> [B, N, 3]``
+    (charge and mask are accepted for a uniform call signature and not used).
+    """
+
+    def __init__(self, initial_step: float = 1.0) -> None:
+        super().__init__()
+        self.step = nn.Parameter(torch.tensor(float(initial_step)))
+
+    def forward(self, pos: Tensor, vel: Tensor, charge: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        return pos + self.step * vel

@@ -1,0 +1,259 @@
+"""Tests for the plain backbones (PointNet, DGCNN, NBodyGNN) and the EGNN baseline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from e3nn import o3
+from torch import Tensor, nn
+
+from geocanon.nn.dgcnn import DGCNN
+from geocanon.nn.egnn import EGNN
+from geocanon.nn.gnn import NBodyGNN
+from geocanon.nn.pointnet import PointNet, transform_regularizer
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _classifiers() -> dict[str, nn.Module]:
+    return {
+        "pointnet": PointNet(5, width_scale=0.125),
+        "pointnet_tnet": PointNet(5, input_transform=True, width_scale=0.125),
+        "dgcnn": DGCNN(5, k=4, emb_dims=32, width_scale=0.125),
+    }
+
+
+def _nbody_models() -> dict[str, nn.Module]:
+    return {
+        "gnn": NBodyGNN(hidden=16, layers=2),
+        "gnn_layernorm": NBodyGNN(hidden=16, layers=2, layer_norm=True, position_residual=False),
+        "egnn": EGNN(hidden=16, layers=2),
+    }
+
+
+def _nbody_inputs(b: int, n: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+    pos = torch.randn(b, n, 3, dtype=dtype)
+    vel = torch.randn(b, n, 3, dtype=dtype)
+    charge = torch.randint(0, 2, (b, n, 1)).to(dtype) * 2 - 1
+    return pos, vel, charge
+
+
+def _pad(tensors: list[Tensor], n: int, fill: float) -> tuple[Tensor, Tensor]:
+    """Stack [n_i, F] tensors into [B, n, F] filled with ``fill`` and a [B, n] mask."""
+    out = torch.full((len(tensors), n, tensors[0].shape[-1]), fill, dtype=tensors[0].dtype)
+    mask = torch.zeros(len(tensors), n, dtype=torch.bool)
+    for i, t in enumerate(tensors):
+        out[i, : len(t)] = t
+        mask[i, : len(t)] = True
+    return out, mask
+
+
+def _orthogonal(sign: float, dtype: torch.dtype) -> Tensor:
+    return o3.rand_matrix(dtype=dtype) * sign
+
+
+# ---------------------------------------------------------------- classifiers
+
+
+@pytest.mark.parametrize("name", ["pointnet", "pointnet_tnet", "dgcnn"])
+def test_classifier_shape_and_permutation_invariance(name: str) -> None:
+    model = _classifiers()[name].eval()
+    pos = torch.randn(3, 24, 3)
+    perm = torch.randperm(24)
+    with torch.no_grad():
+        logits = model(pos)
+        logits_perm = model(pos[:, perm])
+    assert logits.shape == (3, 5)
+    torch.testing.assert_close(logits_perm, logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pointnet", "pointnet_tnet", "dgcnn"])
+def test_classifier_padding_ignored_eval(name: str) -> None:
+    """A padded batch (NaN padding) gives each cloud's unpadded logits; includes a cloud with < k points."""
+    model = _classifiers()[name].eval()
+    clouds = [torch.randn(n, 3) for n in (12, 3, 20)]
+    pos, mask = _pad(clouds, 25, float("nan"))
+    with torch.no_grad():
+        padded = model(pos, mask=mask)
+        alone = torch.cat([model(c[None]) for c in clouds])
+    assert torch.isfinite(padded).all()
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pointnet", "pointnet_tnet", "dgcnn"])
+def test_classifier_padding_ignored_train(name: str) -> None:
+    """In training mode, BatchNorm statistics do not see padding: more/different padding, same output."""
+    model = _classifiers()[name].train()
+    clouds = [torch.randn(n, 3) for n in (12, 7, 20)]
+    pos_a, mask_a = _pad(clouds, 20, 0.0)
+    pos_b, mask_b = _pad(clouds, 31, 1e3)
+    torch.manual_seed(1)
+    out_a = model(pos_a, mask=mask_a)
+    torch.manual_seed(1)
+    out_b = model(pos_b, mask=mask_b)
+    torch.testing.assert_close(out_a, out_b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pointnet", "pointnet_tnet", "dgcnn"])
+def test_classifier_finite_gradients(name: str) -> None:
+    model = _classifiers()[name].train()
+    pos, mask = _pad([torch.randn(n, 3) for n in (10, 16)], 16, 0.0)
+    pos.requires_grad_(True)
+    model(pos, mask=mask).square().sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) == len(list(model.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(pos.grad).all() and pos.grad[mask].abs().sum() > 0
+
+
+def test_pointnet_not_rotation_invariant() -> None:
+    """Contrast: a plain PointNet changes its logits under rotation (the tests can see non-invariance)."""
+    # Training mode (batch statistics, no dropout): an untrained net in eval mode is nearly constant.
+    model = PointNet(5, dropout=0.0, width_scale=0.125).train()
+    pos = torch.randn(4, 32, 3) * torch.tensor([3.0, 1.0, 0.3])
+    with torch.no_grad():
+        logits = model(pos)
+        rotated = model(pos @ _orthogonal(1.0, torch.float32).T)
+    assert (rotated - logits).norm() / logits.norm() > 0.1
+
+
+def test_pointnet_tnet_starts_at_identity() -> None:
+    model = PointNet(5, input_transform=True, width_scale=0.125)
+    pos = torch.randn(3, 16, 3)
+    for mode in (model.train, model.eval):
+        mode()
+        model(pos)
+        assert model.last_transform is not None
+        assert torch.equal(model.last_transform, torch.eye(3).expand(3, 3, 3))
+    assert transform_regularizer(model.last_transform) == 0
+    assert transform_regularizer(2 * model.last_transform) > 1
+
+
+def test_pointnet_without_tnet_equals_tnet_at_init() -> None:
+    """At initialisation the identity T-Net leaves the rest of the network's input untouched."""
+    torch.manual_seed(3)
+    with_tnet = PointNet(4, input_transform=True, width_scale=0.125).eval()
+    plain = PointNet(4, width_scale=0.125).eval()
+    plain.load_state_dict({k: v for k, v in with_tnet.state_dict().items() if not k.startswith("tnet.")})
+    pos = torch.randn(2, 16, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(with_tnet(pos), plain(pos))
+
+
+@pytest.mark.parametrize("name", ["pointnet", "dgcnn"])
+def test_classifier_rejects_bad_input(name: str) -> None:
+    model = _classifiers()[name].eval()
+    with pytest.raises(ValueError, match=r"\[B, N, 3\]"):
+        model(torch.randn(2, 10, 2))
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1] = False
+    with pytest.raises(ValueError, match=r"clouds \[1\] have no real points"):
+        model(torch.randn(2, 10, 3), mask=mask)
+    pos = torch.randn(2, 10, 3)
+    pos[0, 4, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"clouds \[0\] contain NaN"):
+        model(pos)
+    with pytest.raises(ValueError, match="mask must be a bool"):
+        model(torch.randn(2, 10, 3), mask=torch.ones(2, 10))
+
+
+# ---------------------------------------------------------------- N-body models
+
+
+@pytest.mark.parametrize("name", ["gnn", "gnn_layernorm", "egnn"])
+@pytest.mark.parametrize("n", [3, 5, 9])
+def test_nbody_shape_and_permutation_equivariance(name: str, n: int) -> None:
+    model = _nbody_models()[name].eval()
+    pos, vel, charge = _nbody_inputs(2, n)
+    perm = torch.randperm(n)
+    with torch.no_grad():
+        out = model(pos, vel, charge)
+        out_perm = model(pos[:, perm], vel[:, perm], charge[:, perm])
+    assert out.shape == (2, n, 3)
+    torch.testing.assert_close(out_perm, out[:, perm], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gnn", "gnn_layernorm", "egnn"])
+def test_nbody_padding_ignored(name: str) -> None:
+    model = _nbody_models()[name].eval()
+    systems = [_nbody_inputs(1, n) for n in (3, 5, 9)]
+    pos, mask = _pad([s[0][0] for s in systems], 11, float("nan"))
+    vel, _ = _pad([s[1][0] for s in systems], 11, float("nan"))
+    charge, _ = _pad([s[2][0] for s in systems], 11, float("nan"))
+    with torch.no_grad():
+        padded = model(pos, vel, charge, mask=mask)
+        for i, (p, v, q) in enumerate(systems):
+            torch.testing.assert_close(padded[i, : p.shape[1]], model(p, v, q)[0], atol=1e-5, rtol=1e-5)
+    assert torch.isnan(padded[~mask]).all()  # padding rows are returned as given
+
+
+@pytest.mark.parametrize("name", ["gnn", "egnn"])
+def test_nbody_finite_gradients(name: str) -> None:
+    model = _nbody_models()[name]
+    pos, vel, charge = _nbody_inputs(3, 6)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    vel[0, 2] = 0.0  # |v| at zero velocity
+    pos.requires_grad_(True)
+    model(pos, vel, charge, mask=mask).square().sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(pos.grad).all()
+
+
+def _egnn_error(model: nn.Module, dtype: torch.dtype, sign: float, mask: Tensor | None) -> float:
+    """Relative E(3)-equivariance error ``|f(g.x) - g.f(x)| / |f(x)|`` on real particles."""
+    pos, vel, charge = _nbody_inputs(4, 7, dtype)
+    q = _orthogonal(sign, dtype)
+    shift = torch.randn(4, 1, 3, dtype=dtype)
+    with torch.no_grad():
+        out = model(pos, vel, charge, mask=mask)
+        out_g = model(pos @ q.T + shift, vel @ q.T, charge, mask=mask)
+    keep = torch.ones(4, 7, dtype=torch.bool) if mask is None else mask
+    expected = out @ q.T + shift
+    return float((out_g - expected)[keep].norm() / out[keep].norm())
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_egnn_exactly_e3_equivariant(sign: float) -> None:
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    mask[2, 3:] = False
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        model64 = EGNN(hidden=16, layers=3).eval()
+    finally:
+        torch.set_default_dtype(default)
+    assert _egnn_error(model64, torch.float64, sign, None) < 1e-10
+    assert _egnn_error(model64, torch.float64, sign, mask) < 1e-10
+    model32 = EGNN(hidden=16, layers=3).eval()
+    assert _egnn_error(model32, torch.float32, sign, None) < 1e-5
+    assert _egnn_error(model32, torch.float32, sign, mask) < 1e-5
+
+
+def test_plain_gnn_not_equivariant() -> None:
+    """Contrast: the same check rejects the plain GNN, so the EGNN test can fail."""
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        model = NBodyGNN(hidden=16, layers=2).eval()
+    finally:
+        torch.set_default_dtype(default)
+    assert _egnn_error(model, torch.float64, 1.0, None) > 1e-3
+
+
+def test_nbody_rejects_bad_input() -> None:
+    model = NBodyGNN(hidden=8, layers=1)
+    pos, vel, charge = _nbody_inputs(2, 4)
+    with pytest.raises(ValueError, match="vel must have the shape of pos"):
+        model(pos, vel[:, :3], charge)
+    with pytest.raises(ValueError, match="charge must have shape"):
+        model(pos, vel, charge[..., 0])
+    vel[1, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"vel: systems \[1\] contain NaN or Inf"):
+        model(pos, vel, charge)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        EGNN(hidden=8, layers=1, activation="swish")
