@@ -70,6 +70,7 @@ class NBodyBenchConfig:
     activation: str = "silu"
     layer_norm: bool = False
     velocity_residual: bool = True
+    relative_positions: bool = True
     # canonicalizer
     canon_hidden_mul: int = 16
     canon_layers: int = 2
@@ -105,7 +106,8 @@ class NBodyBenchConfig:
 def model_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
     """The checkpoint spec (see :mod:`geocanon.checkpoint`) of ``method``'s model."""
     gnn = {"name": "nbody_gnn", "config": {"hidden": cfg.hidden, "layers": cfg.layers, "activation": cfg.activation, "layer_norm": cfg.layer_norm,
-                                             "velocity_residual": cfg.velocity_residual}}
+                                             "velocity_residual": cfg.velocity_residual,
+                                             "relative_positions": cfg.relative_positions}}
     if method in ("plain", "augment"):
         return gnn
     if method == "egnn":

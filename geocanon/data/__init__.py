@@ -12,3 +12,6 @@ from geocanon.data.nbody import (
     sample_initial_state,
     simulate,
 )
+from geocanon.data.mesh_io import normalize_unit_sphere, read_off, sample_surface
+from geocanon.data.modelnet import LAYOUTS, MODELNET10_CLASSES, MODELNET40_CLASSES, ModelNet, find_modelnet
+from geocanon.data.synthetic_shapes import SyntheticShapes, helix_curve, make_shape

@@ -241,6 +241,7 @@ def integrate(
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        v.add_(_pair_forces(x, qq, i, j, clip), alpha=dt)
         for step in range(1, n_frames * record_every + 1):
             x.add_(v, alpha=dt)
             if step % record_every == 0:
@@ -292,7 +293,7 @@ def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez(f, **arrays)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is readable like any other data file
         os.replace(tmp, path)
-    except BaseException:
+    except Exception:
         Path(tmp).unlink(missing_ok=True)
         raise
 

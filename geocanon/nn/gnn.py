@@ -105,6 +105,8 @@ class NBodyGNN(nn.Module):
         activation: key of :data:`ACTIVATIONS`.
         layer_norm: apply LayerNorm to the node features after every layer.
         position_residual: predict a displacement added to the input positions.
+        relative_positions: add the displacement ``x_i - x_j`` (3 numbers, frame-dependent) to the
+            edge inputs; meaningful in a canonical frame, where it is invariant.
         velocity_residual: also add ``α · vel`` with a learned scalar α (initialised to 1): the
             constant-velocity guess, which the network then corrects.
     """
@@ -117,15 +119,17 @@ class NBodyGNN(nn.Module):
         layer_norm: bool = False,
         position_residual: bool = True,
         velocity_residual: bool = False,
+        relative_positions: bool = False,
     ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1:
             raise ValueError(f"hidden and layers must be >= 1, got hidden={hidden}, layers={layers}")
         self.position_residual = position_residual
+        self.relative_positions = relative_positions
         self.velocity_step = nn.Parameter(torch.ones(())) if velocity_residual else None
         self.encoder = mlp([8, hidden, hidden], activation, final_activation=True)
         self.edge_mlps = nn.ModuleList(
-            [mlp([2 * hidden + 2, hidden, hidden], activation, True) for _ in range(layers)]
+            [mlp([2 * hidden + 2 + 3 * relative_positions, hidden, hidden], activation, True) for _ in range(layers)]
         )
         self.node_mlps = nn.ModuleList(
             [mlp([2 * hidden, hidden, hidden], activation, False) for _ in range(layers)]
@@ -152,13 +156,11 @@ class NBodyGNN(nn.Module):
         n = pos.shape[1]
         speed = vel.norm(dim=-1, keepdim=True)
         h = self.encoder(torch.cat([pos, vel, speed, charge], -1))  # [B, N, H]
-        edge = torch.cat(
-            [
-                (charge * charge.transpose(1, 2))[..., None],
-                ((pos[:, :, None] - pos[:, None, :]) ** 2).sum(-1, keepdim=True),
-            ],
-            -1,
-        )  # [B, N, N, 2]
+        diff = pos[:, :, None] - pos[:, None, :]  # [B, N, N, 3]
+        edge_parts = [(charge * charge.transpose(1, 2))[..., None], (diff**2).sum(-1, keepdim=True)]
+        if self.relative_positions:
+            edge_parts.append(diff)
+        edge = torch.cat(edge_parts, -1)  # [B, N, N, 2 (+3)]
         pairs = pair_mask(mask)[..., None]
         for edge_mlp, node_mlp, norm in zip(self.edge_mlps, self.node_mlps, self.norms):
             h_i = h[:, :, None].expand(-1, -1, n, -1)
