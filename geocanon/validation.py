@@ -12,13 +12,46 @@ from torch import Tensor
 
 from .layout import to_dense
 
-__all__ = ["check_points", "check_features"]
+__all__ = ["check_points", "check_features", "check_dense_batch"]
 
 
 def _clouds(indices: Tensor) -> str:
     idx = indices.flatten().tolist()
     more = f" and {len(idx) - 10} more" if len(idx) > 10 else ""
     return f"{idx[:10]}{more}"
+
+
+def check_dense_batch(pos: Tensor, mask: Tensor | None = None, name: str = "pos") -> tuple[Tensor, Tensor]:
+    """Validate a dense, optionally padded batch and list its real points.
+
+    Checks the shape [B, N, 3], the mask (bool [B, N]), that every cloud has a real point and that
+    real points are finite (padding may hold anything).
+
+    Returns:
+        (mask [B, N] bool, batch [M] int64 cloud index of every real point, in ``pos[mask]`` order).
+    """
+    if not isinstance(pos, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(pos).__name__}")
+    if not pos.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {pos.dtype}")
+    if pos.ndim != 3 or pos.shape[-1] != 3:
+        raise ValueError(f"{name} must have shape [B, N, 3] (or [M, 3] with batch=), got {list(pos.shape)}")
+    if pos.shape[0] == 0:
+        raise ValueError(f"{name} holds no clouds (batch size 0)")
+    if mask is None:
+        mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
+    elif mask.dtype != torch.bool or mask.shape != pos.shape[:2]:
+        raise ValueError(
+            f"mask must be a bool tensor of shape {list(pos.shape[:2])} matching {name}, "
+            f"got dtype {mask.dtype} and shape {list(mask.shape)}"
+        )
+    counts = mask.sum(1)
+    if (counts == 0).any():
+        raise ValueError(f"{name} has empty cloud(s) {_clouds((counts == 0).nonzero())}")
+    finite = torch.isfinite(pos).all(-1) | ~mask
+    if not finite.all():
+        raise ValueError(f"{name} contains NaN or Inf in cloud(s) {_clouds((~finite).any(1).nonzero())}")
+    return mask, torch.nonzero(mask)[:, 0]
 
 
 def check_points(
@@ -41,13 +74,10 @@ def check_points(
         rel_tol: a singular value counts as zero below ``rel_tol`` times the largest one
             (default 1e-4 for float32, 1e-8 for float64).
     """
-    if not isinstance(pos, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(pos).__name__}")
-    if not pos.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {pos.dtype}")
     if batch is not None:
-        if pos.ndim != 2 or pos.shape[-1] != 3:
-            raise ValueError(f"{name} with a batch vector must have shape [M, 3], got {list(pos.shape)}")
+        if not isinstance(pos, Tensor) or pos.ndim != 2 or pos.shape[-1] != 3:
+            got = list(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+            raise ValueError(f"{name} with a batch vector must have shape [M, 3], got {got}")
         if batch.shape != pos.shape[:1]:
             raise ValueError(f"batch must have shape [M] = [{pos.shape[0]}], got {list(batch.shape)}")
         if pos.shape[0] == 0:
@@ -55,21 +85,8 @@ def check_points(
         if batch.numel() > 1 and (batch[1:] < batch[:-1]).any():
             raise ValueError("batch must be sorted (PyG convention: points of cloud 0 first, then cloud 1, ...)")
         pos, mask = to_dense(pos, batch)
-    else:
-        if pos.ndim != 3 or pos.shape[-1] != 3:
-            raise ValueError(f"{name} must have shape [B, N, 3] (or [M, 3] with batch=), got {list(pos.shape)}")
-        if mask is not None and mask.shape != pos.shape[:2]:
-            raise ValueError(f"mask must have shape [B, N] = {list(pos.shape[:2])}, got {list(mask.shape)}")
-    if pos.shape[0] == 0:
-        raise ValueError(f"{name} holds no clouds (batch size 0)")
-    if mask is None:
-        mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
-    finite = torch.isfinite(pos).all(-1) | ~mask
-    if not finite.all():
-        raise ValueError(f"{name} contains NaN or Inf in cloud(s) {_clouds((~finite).any(1).nonzero())}")
+    mask, _ = check_dense_batch(pos, mask, name)
     counts = mask.sum(1)
-    if (counts == 0).any():
-        raise ValueError(f"{name} has empty cloud(s) {_clouds((counts == 0).nonzero())}")
     if (counts == 1).any():
         raise ValueError(
             f"{name} has single-point cloud(s) {_clouds((counts == 1).nonzero())}: a frame needs at least 2 points"

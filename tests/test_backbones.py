@@ -150,11 +150,11 @@ def test_classifier_rejects_bad_input(name: str) -> None:
         model(torch.randn(2, 10, 2))
     mask = torch.ones(2, 10, dtype=torch.bool)
     mask[1] = False
-    with pytest.raises(ValueError, match=r"clouds \[1\] have no real points"):
+    with pytest.raises(ValueError, match=r"empty cloud\(s\) \[1\]"):
         model(torch.randn(2, 10, 3), mask=mask)
     pos = torch.randn(2, 10, 3)
     pos[0, 4, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"clouds \[0\] contain NaN"):
+    with pytest.raises(ValueError, match=r"NaN or Inf in cloud\(s\) \[0\]"):
         model(pos)
     with pytest.raises(ValueError, match="mask must be a bool"):
         model(torch.randn(2, 10, 3), mask=torch.ones(2, 10))

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from geocanon.nn.pointnet import check_dense_cloud
+from ..validation import check_dense_batch
 
 __all__ = ["DGCNN", "EdgeConv"]
 
@@ -131,7 +131,7 @@ class DGCNN(nn.Module):
         Returns:
             logits [B, C].
         """
-        mask, batch = check_dense_cloud(pos, mask)
+        mask, batch = check_dense_batch(pos, mask)
         x = pos[mask]  # [M, 3]
         feats = []
         for conv in self.convs:

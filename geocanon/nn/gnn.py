@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from geocanon.nn.pointnet import check_dense_cloud
+from ..validation import check_dense_batch
 
 __all__ = ["NBodyGNN", "ACTIVATIONS", "check_nbody_inputs", "mlp", "pair_mask"]
 
@@ -65,7 +65,7 @@ def check_nbody_inputs(
     Raises:
         ValueError: wrong shapes, non-finite values of real particles, or a system without particles.
     """
-    mask, _ = check_dense_cloud(pos, mask, "pos")
+    mask, _ = check_dense_batch(pos, mask, "pos")
     if vel.shape != pos.shape:
         raise ValueError(f"vel must have the shape of pos {tuple(pos.shape)}, got {tuple(vel.shape)}")
     if charge.shape != (*pos.shape[:2], 1):

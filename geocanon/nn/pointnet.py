@@ -11,42 +11,9 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-__all__ = ["PointNet", "TNet", "check_dense_cloud", "transform_regularizer"]
+from ..validation import check_dense_batch
 
-
-def check_dense_cloud(pos: Tensor, mask: Tensor | None, name: str = "pos") -> tuple[Tensor, Tensor]:
-    """Validate a dense padded cloud batch and list its real points.
-
-    Args:
-        pos: [B, N, 3] points.
-        mask: [B, N] bool, True for real points, or None (all real).
-        name: argument name used in error messages.
-
-    Returns:
-        (mask [B, N] bool, batch [M] int64 cloud index of every real point, in ``pos[mask]`` order).
-
-    Raises:
-        ValueError: wrong shape or dtype, non-finite real points, or a cloud without real points.
-    """
-    if pos.dim() != 3 or pos.shape[-1] != 3:
-        raise ValueError(f"{name} must have shape [B, N, 3], got {tuple(pos.shape)}")
-    if mask is None:
-        mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
-    elif mask.dtype != torch.bool or mask.shape != pos.shape[:2]:
-        raise ValueError(
-            f"mask must be a bool tensor of shape {tuple(pos.shape[:2])} matching {name}, "
-            f"got dtype {mask.dtype} and shape {tuple(mask.shape)}"
-        )
-    counts = mask.sum(1)
-    if bool((counts == 0).any()):
-        empty = torch.nonzero(counts == 0).flatten().tolist()
-        raise ValueError(f"{name}: clouds {empty} have no real points (mask is all False)")
-    finite = torch.isfinite(pos).all(-1) | ~mask
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite.all(1)).flatten().tolist()
-        raise ValueError(f"{name}: clouds {bad} contain NaN or Inf coordinates")
-    batch = torch.nonzero(mask)[:, 0]
-    return mask, batch
+__all__ = ["PointNet", "TNet", "transform_regularizer"]
 
 
 def transform_regularizer(transform: Tensor) -> Tensor:
@@ -155,7 +122,7 @@ class PointNet(nn.Module):
             logits [B, C]. With ``input_transform`` the T-Net output [B, 3, 3] is stored in
             ``self.last_transform``.
         """
-        mask, batch = check_dense_cloud(pos, mask)
+        mask, batch = check_dense_batch(pos, mask)
         num_clouds = pos.shape[0]
         x = pos[mask]  # [M, 3]
         if self.tnet is not None:
