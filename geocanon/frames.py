@@ -159,21 +159,27 @@ class DegenerateFrameError(ValueError):
 def gram_schmidt(vectors: Tensor, group: Group = "SO3", eps: float | None = None) -> Tensor:
     """Orthonormalise predicted vectors into rotation matrices, equivariantly.
 
-    Each row of ``vectors[b]`` is a vector in input coordinates; the orthonormalised rows become the
+    Each row of ``vectors[b]`` is a vector in input coordinates; the orthonormalised axes become the
     **columns** of the result, so rotating the vectors by Q rotates the frame to ``Q @ R``.
 
     * SO3/SE3: 2 vectors; ``e1 = v1/|v1|``, ``e2 ∝ v2 - (v2·e1) e1``, ``e3 = e1 × e2``: det = +1 always.
-    * O3/E3: 3 vectors, all orthonormalised in turn: det = ±1, and reflections of the input
-      reflect the frame (a cross product would not).
+    * O3/E3: 3 vectors; ``e1, e2`` as above and ``e3 = s · (e1 × e2)`` with the handedness
+      ``s = sign(v3 · (e1 × e2))``. Since ``e1 × e2`` is a pseudovector and the triple product a
+      pseudoscalar, ``e3`` is a true vector: reflections of the input reflect the frame (det = ±1).
+      This equals classical Gram–Schmidt on ``(v1, v2, v3)`` but is always exactly orthonormal,
+      however close ``v3`` comes to the plane of ``v1, v2`` (a trained network has no reason to
+      keep it away: only its side of the plane matters).
 
-    Degenerate input (documented, tested behaviour): a vector whose norm, or whose component
-    orthogonal to the previous axes, falls below ``eps * scale`` (``scale`` = largest input norm of
-    that cloud, ``eps`` defaulting to ``1e-6`` in float32 and ``1e-12`` in float64) has no defined
-    direction; the function raises :class:`DegenerateFrameError` (a ``ValueError``) naming the
-    clouds, instead of returning NaN. Gradients are finite whenever no error is raised.
+    Degenerate input (documented, tested behaviour): when ``v1`` is (nearly) zero or ``v2`` is
+    (nearly) parallel to it — residual norm below ``eps * scale`` with ``scale`` the largest input
+    norm of that cloud and ``eps`` 1e-6 (float32) or 1e-12 (float64) — no direction is defined and
+    :class:`DegenerateFrameError` (a ``ValueError``) names the clouds instead of returning NaN. For
+    O3/E3, a triple product of exactly zero (``v3`` in the plane) picks ``s = +1``; a tiny one makes
+    the handedness numerically arbitrary for that input (the frame stays orthonormal and finite).
+    Gradients are finite whenever no error is raised; ``v3`` receives no gradient (only its sign matters).
 
     Args:
-        vectors: [B, k, 3] with k = 2 (SO3/SE3) or k = 3 (O3/E3); extra vectors are an error.
+        vectors: [B, k, 3] with k = 2 (SO3/SE3) or k = 3 (O3/E3).
         group: one of ``"SO3", "O3", "SE3", "E3"``.
         eps: relative degeneracy threshold.
 
@@ -191,7 +197,7 @@ def gram_schmidt(vectors: Tensor, group: Group = "SO3", eps: float | None = None
         eps = 1e-12 if vectors.dtype == torch.float64 else 1e-6
     scale = vectors.norm(dim=-1).amax(dim=1)  # [B]
     axes: list[Tensor] = []
-    for i in range(needed):
+    for i in range(2):
         v = vectors[:, i]
         for e in axes:
             v = v - (v * e).sum(-1, keepdim=True) * e
@@ -200,13 +206,16 @@ def gram_schmidt(vectors: Tensor, group: Group = "SO3", eps: float | None = None
         if bad.any():
             raise DegenerateFrameError(
                 f"cannot build a {group} frame: predicted vector {i + 1} is zero or parallel to the previous "
-                f"ones for cloud(s) {bad.nonzero().flatten().tolist()[:10]} (residual norm "
+                f"one for cloud(s) {bad.nonzero().flatten().tolist()[:10]} (residual norm "
                 f"{norm[bad].min().item():.3g} <= {eps:g} x scale); the input is probably degenerate "
-                f"(coincident, collinear, or symmetric under {'a reflection' if needed == 3 else 'a rotation'})"
+                f"(coincident, collinear, or symmetric)"
             )
         axes.append(v / norm[:, None])
-    if needed == 2:
-        axes.append(torch.linalg.cross(axes[0], axes[1]))
+    normal = torch.linalg.cross(axes[0], axes[1])
+    if needed == 3:
+        triple = (vectors[:, 2] * normal).sum(-1, keepdim=True).detach()
+        normal = torch.where(triple < 0, -normal, normal)
+    axes.append(normal)
     return torch.stack(axes, dim=-1)
 
 

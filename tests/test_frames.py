@@ -155,10 +155,17 @@ def test_gram_schmidt_degenerate_raises(vectors, which):
         gram_schmidt(v, "SO3")
 
 
-def test_gram_schmidt_coplanar_three_vectors_raise_for_o3():
-    v = torch.tensor([[[1.0, 0, 0], [0, 1, 0], [1, 1, 0]]])
-    with pytest.raises(ValueError, match="cloud\\(s\\) \\[0\\]"):
-        gram_schmidt(v, "O3")
+def test_gram_schmidt_o3_handedness_from_third_vector():
+    """v3 only picks the side: nearly coplanar v3 still gives an exactly orthonormal frame."""
+    base = torch.tensor([[[1.0, 0, 0], [0.3, 1, 0], [0.2, 0.5, 0]]], dtype=torch.float64)
+    for z, det in ((1e-9, 1.0), (-1e-9, -1.0), (5.0, 1.0), (-5.0, -1.0)):
+        v = base.clone()
+        v[0, 2, 2] = z
+        r = gram_schmidt(v, "O3")
+        assert torch.allclose(r[0].T @ r[0], torch.eye(3, dtype=torch.float64), atol=1e-14)
+        assert torch.linalg.det(r[0]).item() == pytest.approx(det)
+    v = base.clone()  # exactly coplanar: documented choice s = +1, finite
+    assert torch.linalg.det(gram_schmidt(v, "O3")[0]).item() == pytest.approx(1.0)
 
 
 def test_gram_schmidt_rejects_bad_input():
