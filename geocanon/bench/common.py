@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-__all__ = ["load_config", "count_parameters", "time_per_call", "mean_std"]
+__all__ = ["load_config", "hardware_overrides", "count_parameters", "time_per_call", "mean_std"]
 
 T = TypeVar("T")
 
@@ -35,6 +36,14 @@ def load_config(cls: type[T], path: str | Path | None, **overrides: Any) -> T:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
     return cls(**values)
+
+
+def hardware_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from the shared command-line options (Lightning hardware, ``--no-progress``)."""
+    return {
+        "accelerator": args.accelerator, "devices": args.devices, "strategy": args.strategy, "num_nodes": args.num_nodes,
+        "progress": False if args.no_progress else None,
+    }
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-__all__ = ["TrainConfig", "LitTask", "FitResult", "fit", "Objective"]
+__all__ = ["TrainConfig", "LitTask", "FitResult", "fit", "Objective", "train_config"]
 
 Objective = Callable[[nn.Module, Any, str], dict[str, Tensor]]
 
@@ -47,6 +47,12 @@ class TrainConfig:
     num_nodes: int = 1
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def train_config(settings: Any, seed: int) -> TrainConfig:
+    """A :class:`TrainConfig` from the same-named fields of a benchmark config (others keep their defaults)."""
+    names = {f.name for f in fields(TrainConfig)} - {"seed", "extra"}
+    return TrainConfig(seed=seed, **{name: getattr(settings, name) for name in names if hasattr(settings, name)})
 
 
 class LitTask(L.LightningModule):
@@ -148,6 +154,7 @@ def fit(
         enable_progress_bar=config.progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, len(train_loader))),
         deterministic=False,
     )
     last = ckpt_dir / "last.ckpt"

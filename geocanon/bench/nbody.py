@@ -32,7 +32,7 @@ from ..data.nbody import NBodyConfig, NBodyDataset, load_nbody
 from ..frames import random_group_element
 from ..testing import equivariance_error, transform_inputs
 from .common import count_parameters, mean_std, time_per_call
-from .harness import TrainConfig, fit
+from .harness import fit, train_config
 from .results import markdown_table, provenance, write_results
 
 __all__ = ["NBodyBenchConfig", "METHODS", "PUBLISHED", "model_spec", "NBodyObjective", "run", "evaluate_checkpoint"]
@@ -189,12 +189,7 @@ def _train_one(method: str, seed: int, cfg: NBodyBenchConfig, data: dict[str, NB
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, generator=generator)
     valid = DataLoader(data["valid"], batch_size=500)
-    train_cfg = TrainConfig(
-        max_epochs=cfg.max_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, scheduler=cfg.scheduler, patience=cfg.patience,
-        check_val_every_n_epoch=cfg.check_val_every_n_epoch, seed=seed, accelerator=cfg.accelerator, devices=cfg.devices,
-        strategy=cfg.strategy, num_nodes=cfg.num_nodes, progress=cfg.progress,
-    )
-    result = fit(model, NBodyObjective(augment=method == "augment"), train, valid, train_cfg, Path(cfg.run_dir) / method / f"seed{seed}", resume)
+    result = fit(model, NBodyObjective(augment=method == "augment"), train, valid, train_config(cfg, seed), Path(cfg.run_dir) / method / f"seed{seed}", resume)
     row = {"method": method, "seed": seed, "best_val_mse": result.best_val_loss, "best_epoch": result.best_epoch,
            "epochs_run": result.epochs_run, "train_time_s": result.train_time_s, "parameters": count_parameters(model)}
     row.update(measure(model, data["test"]))
@@ -269,16 +264,21 @@ def _payload(cfg: NBodyBenchConfig, rows: list[dict[str, Any]], best: Any, wall:
     }
 
 
-def evaluate_checkpoint(path: str | Path, data_dir: str | Path, n_test: int = 2000) -> dict[str, Any]:
-    """Test MSE of a saved model on the test split under ``data_dir`` (our cache or the published layout)."""
+def evaluate_checkpoint(path: str | Path, data_dir: str | Path) -> dict[str, Any]:
+    """Test MSE of a saved model on the test split in ``data_dir``: the published ``loc_test_*.npy``
+    layout, or exactly one generated cache file ``nbody_test_<hash>.npz`` (read as it is)."""
     model, _ = checkpoint.load(path)
     data_dir = Path(data_dir)
-    published = any(data_dir.glob("loc_test_*.npy"))
-    if not published and not any(data_dir.glob("nbody_test_*.npz")):
+    caches = sorted(data_dir.glob("nbody_test_*.npz"))
+    if any(data_dir.glob("loc_test_*.npy")):
+        data, source = NBodyDataset.from_published(data_dir, "test"), "published"
+    elif len(caches) == 1:
+        data, source = NBodyDataset.from_file(caches[0]), str(caches[0])
+    elif caches:
+        raise ValueError(f"{data_dir} holds several N-body test caches {[c.name for c in caches]}: point --data-dir at a folder with one")
+    else:
         raise FileNotFoundError(
-            f"no N-body test split in {data_dir}: expected the generated cache (nbody_test_<hash>.npz, made by "
-            "`python datasets/nbody/generate.py --root DIR`) or the published loc_test_charged5_initvel1small.npy files"
+            f"no N-body test split in {data_dir}: expected a generated cache (nbody_test_<hash>.npz, made by "
+            "`python datasets/nbody/generate.py --root DIR`) or the published loc/vel/charges_test_charged5_initvel1small.npy files"
         )
-    config = NBodyConfig(n_test=n_test)
-    data = load_nbody(data_dir, "test", config, source="published" if published else "generated")
-    return {"test_mse": test_mse(model, data), "n": len(data), "source": "published" if published else "generated", "checkpoint": str(path)}
+    return {"test_mse": test_mse(model, data), "n": len(data), "source": source, "checkpoint": str(path)}

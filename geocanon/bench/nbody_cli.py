@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .common import load_config
+    from .common import hardware_overrides, load_config
     from .nbody import NBodyBenchConfig, evaluate_checkpoint, run
 
     if args.evaluate is not None:
@@ -43,8 +43,7 @@ def main(args: argparse.Namespace) -> int:
         NBodyBenchConfig,
         QUICK_CONFIG if args.quick else args.config,
         methods=args.methods, seeds=args.seeds, max_epochs=args.max_epochs, data_root=args.data_root,
-        accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes,
-        progress=False if args.no_progress else None,
+        **hardware_overrides(args),
     )
     payload = run(cfg, resume=args.resume)
     print(Path(cfg.results).with_suffix(".md").read_text())

@@ -420,6 +420,27 @@ class NBodyDataset(Dataset):
         )
 
     @classmethod
+    def from_file(
+        cls, path: str | os.PathLike[str], frame_in: int = 30, frame_out: int = 40, dtype: torch.dtype = torch.float32
+    ) -> NBodyDataset:
+        """Load one cache file ``nbody_<split>_<hash>.npz`` as it is (its stored settings decide the
+        sizes; nothing is generated). Corrupt or foreign files -> ValueError naming the file."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                key = json.loads(str(npz["config"]))
+            split = key["split"]
+            config = NBodyConfig(
+                n_particles=key["n_particles"], seed=key["seed"][0], dt=key["dt"], record_every=key["record_every"],
+                n_frames=key["n_frames"], clip=key["clip"], speed=key["speed"], frame_in=frame_in, frame_out=frame_out,
+                **{f"n_{split}": key["n_sims"]},
+            )
+        except (OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile, ValueError) as err:
+            raise ValueError(f"{path} is not a readable N-body cache file: {err}") from err
+        data = _read_cache(path, config, split)
+        return cls._from_trajectories(data["loc"], data["vel"], data["charges"], frame_in, frame_out, dtype)
+
+    @classmethod
     def from_published(
         cls,
         root: str | os.PathLike[str],
