@@ -238,8 +238,8 @@ def run(cfg: NBodyBenchConfig, resume: bool = False) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     best: tuple[float, nn.Module, dict[str, Any]] | None = None
     total = len(cfg.methods) * len(cfg.seeds)
-    for method in cfg.methods:
-        for seed in cfg.seeds:
+    for seed in cfg.seeds:  # seed-major: every method's first seed is done before any second seed
+        for method in cfg.methods:
             model, row = _train_one(method, seed, cfg, data, resume)
             rows.append(row)
             if method == "canonicalized" and (best is None or row["best_val_mse"] < best[0]):
