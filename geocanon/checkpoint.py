@@ -7,7 +7,8 @@ spec into a module, :func:`save` writes ``{"format", "version", "spec", "state_d
 ``geocanon adapt`` and ``geocanon canonicalize --model`` all share it.
 
 float64 note: e3nn modules are built in the current default dtype; load under
-``torch.set_default_dtype(torch.float64)`` to get an exactly equivariant float64 model.
+``torch.set_default_dtype(torch.float64)`` to get an exactly equivariant float64 model (also from a
+float32 checkpoint: the rebuilt float64 constants are kept, the weights are cast).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ REGISTRY: dict[str, str] = {
     "nbody_gnn": "geocanon.nn.gnn:NBodyGNN",
     "egnn": "geocanon.nn.egnn:EGNN",
     "linear_velocity": "geocanon.nn.linear:ConstantVelocity",
+    "energy_gnn": "geocanon.nn.energy:EnergyGNN",
+    "energy_mlp": "geocanon.nn.energy:EnergyMLP",
+    "schnet": "geocanon.nn.schnet:SchNetEnergy",
+    "molecular_potential": "geocanon.nn.energy:MolecularPotential",
+    "third_axis_averaged": "geocanon.nn.candidates:ThirdAxisAveraged",
 }
 
 # composite models whose config holds nested specs
@@ -98,6 +104,30 @@ def save(path: str | Path, module: nn.Module, meta: dict[str, Any] | None = None
     return path
 
 
+def _keep_precise_constants(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state``, except for buffers the rebuild reproduced exactly in a more precise dtype.
+
+    e3nn stores its Wigner-3j constants as buffers: loading a float32 checkpoint into a module
+    rebuilt under float64 would overwrite the exact float64 constants with float32-rounded ones
+    (equivariance error ~1e-9 instead of ~1e-15). Learned buffers (BatchNorm statistics) differ
+    from their rebuilt initial values and are loaded as usual.
+    """
+    own = dict(module.named_buffers())
+    kept = dict(state)
+    for name, stored in state.items():
+        current = own.get(name)
+        if (
+            current is not None
+            and current.is_floating_point()
+            and stored.is_floating_point()
+            and current.shape == stored.shape
+            and torch.finfo(current.dtype).bits > torch.finfo(stored.dtype).bits
+            and torch.equal(current.to(stored.dtype), stored.to(current.device))
+        ):
+            kept[name] = current
+    return kept
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the module stored at ``path``; returns (module in eval mode, meta)."""
     path = Path(path)
@@ -109,7 +139,19 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn
         raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a geocanon checkpoint (expected format {FORMAT!r})")
-    module = build(payload["spec"])
-    module.load_state_dict(payload["state_dict"])
+    if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:
+        raise ValueError(f"checkpoint {path} has version {payload.get('version')!r}; this geocanon reads up to {VERSION}")
+    missing = [key for key in ("spec", "state_dict") if key not in payload]
+    if missing:
+        raise ValueError(f"checkpoint {path} is incomplete: no {' or '.join(missing)}")
+    try:
+        module = build(payload["spec"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {path}: cannot rebuild its model from spec {payload['spec']!r} ({err})") from err
+    try:
+        module.load_state_dict(_keep_precise_constants(module, payload["state_dict"]))
+    except RuntimeError as err:  # missing/unexpected keys or shape mismatches
+        first = str(err).strip().splitlines()
+        raise ValueError(f"checkpoint {path}: its weights do not match its spec ({' '.join(first[:2])[:300]})") from err
     module.eval()
     return module, payload.get("meta", {})

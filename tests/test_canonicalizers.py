@@ -202,3 +202,8 @@ def test_padding_nan_is_ignored_but_real_nan_is_reported():
     pos[1, 0] = float("nan")
     with pytest.raises(ValueError, match=r"cloud\(s\) \[1\]"):
         PCACanonicalizer("SO3")(pos, mask=mask)
+
+
+def test_too_few_hidden_channels_is_rejected():
+    with pytest.raises(ValueError, match="hidden_mul"):
+        E3nnCanonicalizer(group="E3", hidden_mul=2, translation="learned")

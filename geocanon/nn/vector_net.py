@@ -105,6 +105,10 @@ class EquivariantVectorNetwork(nn.Module):
         radial_hidden: int = 32,
     ) -> None:
         super().__init__()
+        if hidden_mul < num_vectors:
+            # the pooled outputs are linear maps of hidden_mul vector channels: fewer channels than
+            # outputs would make the predicted vectors linearly dependent (no frame)
+            raise ValueError(f"hidden_mul ({hidden_mul}) must be >= num_vectors ({num_vectors})")
         self.num_vectors = num_vectors
         self.num_scalar_features = num_scalar_features
         self.num_vector_features = num_vector_features
