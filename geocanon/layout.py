@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter, to_dense_batch
 
-__all__ = ["to_dense", "to_flat", "num_clouds", "cloud_mean"]
+__all__ = ["to_dense", "to_flat", "num_clouds", "cloud_mean", "dense_inputs"]
 
 
 def num_clouds(batch: Tensor) -> int:
@@ -37,3 +37,16 @@ def to_flat(x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
 def cloud_mean(x: Tensor, batch: Tensor, batch_size: int) -> Tensor:
     """Mean of flat rows [M, F] per cloud -> [B, F]."""
     return scatter(x, batch, dim=0, dim_size=batch_size, reduce="mean")
+
+
+def dense_inputs(
+    pos: Tensor, batch: Tensor, scalars: Tensor | None = None, vectors: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Flat points [M, 3], scalars [M, S] and vectors [M, V, 3] with ``batch`` [M] -> dense
+    pos [B, N, 3], mask [B, N], scalars [B, N, S], vectors [B, N, V, 3] (None stays None)."""
+    dense_pos, mask = to_dense(pos, batch)
+    if scalars is not None:
+        scalars = to_dense(scalars, batch)[0]
+    if vectors is not None:
+        vectors = to_dense(vectors.flatten(1), batch)[0].unflatten(-1, (-1, 3))
+    return dense_pos, mask, scalars, vectors

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..frames import Frame, Group, has_reflections, has_translations
-from ..layout import to_dense
+from ..layout import dense_inputs
 from ..validation import check_features, check_points
 
 __all__ = ["Canonicalizer"]
@@ -65,9 +65,7 @@ class Canonicalizer(nn.Module):
                 raise ValueError(f"{type(self).__name__} needs vectors with {self.num_vector_features} vectors per point")
             check_features(vectors.flatten(-2), leading, 3 * self.num_vector_features, "vectors")
         if batch is not None:
-            pos, mask = to_dense(pos, batch)
-            scalars = None if scalars is None else to_dense(scalars, batch)[0]
-            vectors = None if vectors is None else to_dense(vectors.flatten(1), batch)[0].unflatten(-1, (-1, 3))
+            pos, mask, scalars, vectors = dense_inputs(pos, batch, scalars, vectors)
         if mask is None:
             mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
         else:  # padding may hold anything (NaN included): zero it so no reduction sees it

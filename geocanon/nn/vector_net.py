@@ -28,7 +28,7 @@ from e3nn.nn import FullyConnectedNet, Gate
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from ..layout import to_dense, to_flat
+from ..layout import dense_inputs, to_flat
 from .neighbors import farthest_point_sampling, knn_graph
 
 __all__ = ["EquivariantVectorNetwork"]
@@ -138,9 +138,7 @@ class EquivariantVectorNetwork(nn.Module):
     ) -> Tensor:
         """Equivariant vectors [B, num_vectors, 3] for a dense or flat batch (see class docstring)."""
         if batch is not None:
-            pos, mask = to_dense(pos, batch)
-            scalars = None if scalars is None else to_dense(scalars, batch)[0]
-            vectors = None if vectors is None else to_dense(vectors.flatten(1), batch)[0].unflatten(-1, (-1, 3))
+            pos, mask, scalars, vectors = dense_inputs(pos, batch, scalars, vectors)
         b, n, _ = pos.shape
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=pos.device)
