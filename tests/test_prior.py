@@ -59,3 +59,18 @@ def test_prior_gradient_pulls_towards_identity():
     r = torch.stack([torch.stack([c, -s, zero]), torch.stack([s, c, zero]), torch.stack([zero, zero, one])])[None]
     identity_prior(r).backward()
     assert angle.grad.item() > 0  # descending reduces the angle
+
+
+def test_prior_batch_mean_reference_reflection_and_axis_scale():
+    thetas = [0.2, 0.9, 2.5]
+    r = torch.stack([rot_z(t) for t in thetas])
+    expected = sum(4 * (1 - math.cos(t)) for t in thetas) / 3
+    assert identity_prior(r).item() == pytest.approx(expected, abs=1e-12)
+    assert identity_prior(r, reference=r).item() == pytest.approx(0.0, abs=1e-12)  # per-cloud references [B, 3, 3]
+    mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    for t in (0.0, 0.7, math.pi):  # a reflected frame is at least 4 away from I
+        assert identity_prior((rot_x(t) @ mirror)[None]).item() >= 4.0 - 1e-12
+    # the axis is normalised: (0, 0, 5) is the z axis
+    tilted = rot_x(0.6)[None]
+    assert axis_prior(tilted, axis=(0.0, 0.0, 5.0)).item() == pytest.approx(axis_prior(tilted).item(), abs=1e-12)
+    assert fraction_within(r, 10.0, reference=rot_z(0.25)) == pytest.approx(1 / 3)  # 0.2 rad is 2.9° from 0.25

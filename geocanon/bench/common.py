@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-__all__ = ["load_config", "hardware_overrides", "count_parameters", "time_per_call", "mean_std"]
+__all__ = ["count_parameters", "hardware_overrides", "load_config", "mean_std", "time_alternating", "time_per_call"]
 
 T = TypeVar("T")
 
@@ -41,7 +41,10 @@ def load_config(cls: type[T], path: str | Path | None, **overrides: Any) -> T:
 def hardware_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides from the shared command-line options (Lightning hardware, ``--no-progress``)."""
     return {
-        "accelerator": args.accelerator, "devices": args.devices, "strategy": args.strategy, "num_nodes": args.num_nodes,
+        "accelerator": args.accelerator,
+        "devices": args.devices,
+        "strategy": args.strategy,
+        "num_nodes": args.num_nodes,
         "progress": False if args.no_progress else None,
     }
 
@@ -62,6 +65,21 @@ def time_per_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> f
             fn()
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def time_alternating(fns: Sequence[Callable[[], Any]], repeats: int = 5, warmup: int = 1) -> list[list[float]]:
+    """Wall times in seconds of each ``fn()``, called in turn ``repeats`` times (after ``warmup`` rounds), under
+    ``torch.no_grad``: ``result[i][r]`` is fn i in round r. Interleaving exposes all of them alike to a changing
+    machine load, so per-round ratios are steadier than ratios of separate medians."""
+    times: list[list[float]] = [[] for _ in fns]
+    with torch.no_grad():
+        for round_ in range(warmup + repeats):
+            for fn, store in zip(fns, times):
+                start = time.perf_counter()
+                fn()
+                if round_ >= warmup:
+                    store.append(time.perf_counter() - start)
+    return times
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-__all__ = ["TrainConfig", "LitTask", "FitResult", "fit", "Objective", "train_config"]
+__all__ = ["FitResult", "LitTask", "Objective", "TrainConfig", "fit", "train_config"]
 
 Objective = Callable[[nn.Module, Any, str], dict[str, Tensor]]
 

@@ -5,6 +5,8 @@ trained by the shared harness on the same frames with the same budget:
 
 * ``canonicalized``: :class:`~geocanon.nn.energy.EnergyGNN` in a learned E(3) frame (e3nn
   canonicalizer, atom-type one-hots as ``0e`` inputs, translation = centroid);
+* ``canonicalized-avg``: the same, energy averaged over the frame and its third-axis flip
+  (:class:`~geocanon.nn.candidates.ThirdAxisAveraged`: continuous where the E(3) frame's e3 flips);
 * ``canonicalized-se3``: the same with an SE(3) frame (no reflections: ``e3 = e1 × e2``);
 * ``canonicalized-mlp``: :class:`~geocanon.nn.energy.EnergyMLP` (flattened coordinates) in the E(3) frame;
 * ``augment``: the bare EnergyGNN with random E(3) augmentation (rotations, reflections, translations);
@@ -18,13 +20,11 @@ structure, and, for canonicalized methods, the force error against the condition
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from .. import checkpoint
 from ..canonicalizers.learned import E3nnCanonicalizer
 from ..data.molecules import MoleculeDataset, one_hot_species, read_molecules
-from ..frames import random_group_element
+from ..frames import geodesic_angle, random_group_element
 from ..testing import equivariance_error
 from .common import count_parameters, mean_std, time_per_call
 from .harness import fit, train_config
@@ -40,17 +40,17 @@ from .results import markdown_table, provenance, write_results
 
 __all__ = [
     "METHODS",
-    "MoleculesBenchConfig",
-    "model_spec",
     "MoleculeObjective",
-    "find_split",
+    "MoleculesBenchConfig",
     "evaluate",
-    "frame_conditioning",
-    "run",
     "evaluate_checkpoint",
+    "find_split",
+    "frame_conditioning",
+    "model_spec",
+    "run",
 ]
 
-METHODS = ("canonicalized", "canonicalized-se3", "canonicalized-mlp", "augment", "schnet")
+METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "augment", "schnet")
 
 
 @dataclass
@@ -85,7 +85,7 @@ class MoleculesBenchConfig:
     energy_weight: float = 0.01  # loss = energy_weight * MSE(E)/σ² + MSE(F)/σ², σ = force std
     max_epochs: int = 300
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     scheduler: str = "cosine"
     patience: int | None = None
@@ -152,7 +152,10 @@ def model_spec(method: str, cfg: MoleculesBenchConfig, species: list[int], num_a
             "hidden_mul": cfg.canon_hidden_mul, "layers": cfg.canon_layers, "lmax": cfg.canon_lmax,
             "k": 64, "num_points": None,  # complete graphs: no kNN switching, so the energy is smooth
         }}
-        energy = {"name": "canonicalized", "config": {"backbone": backbone, "canonicalizer": canon, "output": "invariant", "scalar_features": ["species"]}}
+        if method == "canonicalized-avg":
+            energy = {"name": "third_axis_averaged", "config": {"backbone": backbone, "canonicalizer": canon, "scalar_features": ["species"]}}
+        else:
+            energy = {"name": "canonicalized", "config": {"backbone": backbone, "canonicalizer": canon, "output": "invariant", "scalar_features": ["species"]}}
     return {"name": "molecular_potential", "config": {"species": species, "model": energy, "energy_shift": energy_shift, "energy_scale": energy_scale}}
 
 
@@ -211,8 +214,8 @@ def frame_conditioning(model: nn.Module, data: MoleculeDataset) -> Tensor | None
     """How close each geometry is to one where the learned frame is undefined: [F], or None without an e3nn canonicalizer.
 
     ``min_i |v_i^⊥| / max_j |v_j|`` over the Gram–Schmidt steps of the canonicalizer's predicted
-    vectors (``v_1^⊥ = v_1``): the quantity :func:`~geocanon.frames.gram_schmidt` compares with its
-    degeneracy threshold. Near 0 the frame, and so the energy, can jump (Dym et al. 2024).
+    vectors (``v_1^⊥ = v_1``; for O3/E3 ``|v_3^⊥|`` is the triple product that fixes the handedness):
+    near 0 the frame, and so the energy, can jump (Dym et al. 2024).
     """
     canon = getattr(model.model, "canonicalizer", None)
     if not isinstance(canon, E3nnCanonicalizer):
@@ -229,6 +232,21 @@ def frame_conditioning(model: nn.Module, data: MoleculeDataset) -> Tensor | None
         ratios.append(v.norm(dim=-1) / scale)
         axes.append(v / v.norm(dim=-1, keepdim=True))
     return torch.stack(ratios, -1).amin(-1)
+
+
+def frame_sensitivity(model: nn.Module, data: MoleculeDataset, jitter: float = 0.01, seed: int = 0) -> Tensor | None:
+    """Angle (degrees) between the learned frame of each geometry and that of a copy with N(0, jitter²) Å noise
+    on every atom: [F], or None without an e3nn canonicalizer. Forces differentiate through the frame, so
+    a frame that turns by degrees for a 0.01 Å jitter feeds large spurious terms into them."""
+    canon = getattr(model.model, "canonicalizer", None)
+    if not isinstance(canon, E3nnCanonicalizer):
+        return None
+    species = one_hot_species(data.numbers, model.species, data.pos.dtype)
+    noise = jitter * torch.randn(data.pos.shape, generator=torch.Generator().manual_seed(seed), dtype=data.pos.dtype)
+    with torch.no_grad():
+        before = canon(data.pos, mask=data.mask, scalars=species).rotation
+        after = canon(data.pos + noise * data.mask[..., None], mask=data.mask, scalars=species).rotation
+    return torch.rad2deg(geodesic_angle(before, after))
 
 
 def pca_gap(data: MoleculeDataset) -> Tensor:
@@ -255,9 +273,9 @@ def _conditioning_report(errors: Tensor, measure: Tensor) -> dict[str, float]:
     }
 
 
-def measure(model: nn.Module, data: MoleculeDataset) -> dict[str, Any]:
-    """Test errors, force equivariance error (float32, 4 random E(3) elements with reflections), ms per structure,
-    and the conditioning analysis."""
+def measure(model: nn.Module, data: MoleculeDataset, group: str = "E3") -> dict[str, Any]:
+    """Test errors, force equivariance error and energy invariance error (float32, 4 random elements of
+    ``group``), ms per structure, and the conditioning analysis."""
     result = evaluate(model, data)
     errors = result.pop("per_structure_force_mae")
     n = min(200, len(data))
@@ -269,8 +287,8 @@ def measure(model: nn.Module, data: MoleculeDataset) -> dict[str, Any]:
     def energy(p: Tensor, numbers: Tensor) -> Tensor:
         return model(p, numbers)[0]
 
-    result["force_equivariance_error"] = equivariance_error(forces, pos, "E3", "vector", scalars={"numbers": numbers}, trials=4)
-    result["energy_invariance_error"] = equivariance_error(energy, pos, "E3", "invariant", scalars={"numbers": numbers}, trials=4)
+    result["force_equivariance_error"] = equivariance_error(forces, pos, group, "vector", scalars={"numbers": numbers}, trials=4)
+    result["energy_invariance_error"] = equivariance_error(energy, pos, group, "invariant", scalars={"numbers": numbers}, trials=4)
     batch = slice(0, min(100, len(data)))
     seconds = time_per_call(lambda: model(data.pos[batch], data.numbers[batch]))
     result["inference_ms_per_structure"] = 1000 * seconds / (batch.stop - batch.start)
@@ -279,6 +297,9 @@ def measure(model: nn.Module, data: MoleculeDataset) -> dict[str, Any]:
     if frames is not None:
         result["conditioning_frame"] = _conditioning_report(errors, frames)
         result["frame_conditioning_min"] = frames.min().item()
+        turn = frame_sensitivity(model, data)
+        result["frame_change_deg_median"] = turn.median().item()
+        result["frame_change_deg_p90"] = turn.quantile(0.9).item()
     return result
 
 
@@ -299,8 +320,13 @@ def _train_one(method: str, seed: int, cfg: MoleculesBenchConfig, data: dict[str
     result = fit(model, MoleculeObjective(cfg.energy_weight, augment=method == "augment"), train, valid, train_config(cfg, seed), run_dir, resume)
     row = {"molecule": cfg.molecule, "method": method, "seed": seed, "best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
            "epochs_run": result.epochs_run, "train_time_s": result.train_time_s, "parameters": count_parameters(model)}
-    row.update(measure(model, data["test"]))
+    row.update(measure(model, data["test"], group=_group(method)))
     return model, row
+
+
+def _group(method: str) -> str:
+    """The symmetry group a method is built to respect (its equivariance is measured under it)."""
+    return "SE3" if method == "canonicalized-se3" else "E3"
 
 
 def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
@@ -314,11 +340,13 @@ def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str,
         summary.append({
             "molecule": runs[0]["molecule"], "method": method, "seeds": len(runs),
             "energy_mae_mev": e_mean, "energy_mae_std": e_std, "force_mae_mev_per_a": f_mean, "force_mae_std": f_std,
+            "equivariance_group": _group(method),
             "force_equivariance_error_max": max(r["force_equivariance_error"] for r in runs),
             "parameters": runs[0]["parameters"], "train_time_s_mean": mean_std([r["train_time_s"] for r in runs])[0],
             "inference_ms_per_structure": mean_std([r["inference_ms_per_structure"] for r in runs])[0],
             "epochs": runs[0]["epochs_run"],
             "frame_spearman": mean_std([r["conditioning_frame"]["spearman"] for r in runs])[0] if "conditioning_frame" in runs[0] else None,
+            "frame_change_deg_median": mean_std([r["frame_change_deg_median"] for r in runs])[0] if "frame_change_deg_median" in runs[0] else None,
         })
     return summary
 
@@ -327,8 +355,9 @@ def _section(name: str, entry: dict[str, Any]) -> str:
     """Markdown section of one molecule's results."""
     cfg = entry["config"]
     status = "complete" if entry["complete"] else "PARTIAL (still running or interrupted; rows so far)"
-    cols = ["method", "seeds", "energy_mae_mev", "energy_mae_std", "force_mae_mev_per_a", "force_mae_std", "force_equivariance_error_max",
-            "parameters", "train_time_s_mean", "inference_ms_per_structure", "epochs", "frame_spearman"]
+    cols = ["method", "seeds", "energy_mae_mev", "energy_mae_std", "force_mae_mev_per_a", "force_mae_std", "equivariance_group",
+            "force_equivariance_error_max",
+            "parameters", "train_time_s_mean", "inference_ms_per_structure", "epochs", "frame_spearman", "frame_change_deg_median"]
     text = (f"## {name} — `{cfg['label']}` configuration — {status}\n\nData: {entry['data']}; {cfg['n_train']}/{cfg['n_valid']}/"
             f"{cfg['n_test']} train/valid/test frames, {cfg['max_epochs']} epochs max.\n\n" + markdown_table(entry["summary"], cols))
     nve = entry.get("nve")
@@ -343,11 +372,12 @@ def _markdown(payload: dict[str, Any]) -> str:
     header = (
         "# Molecules: energies and forces from GFN2-xTB molecular dynamics at 500 K\n\n"
         "Errors at the best-validation epoch: energy MAE in meV, force MAE in meV/Å (over all force components), mean and "
-        "std over seeds. force_equivariance_error = max ‖F(g·x) − g·F(x)‖/‖g·F(x)‖ over 4 random E(3) elements incl. "
-        "reflections (float32, 200 test frames). inference = energy + forces, batches of 100, per structure. "
+        "std over seeds. force_equivariance_error = max ‖F(g·x) − g·F(x)‖/‖g·F(x)‖ over 4 random elements of the "
+        "method's group (E3 incl. reflections; SE3 for canonicalized-se3), float32, 200 test frames. inference = energy + forces, batches of 100, per structure. "
         "frame_spearman = rank correlation of the per-structure force MAE with the frame conditioning "
         "min|v_i⊥|/max|v_j| of the learned canonicalizer (negative: worse near ill-conditioned frames; per-run "
-        "decile numbers in the JSON).\n\n"
+        "decile numbers in the JSON). frame_change_deg_median = median angle by which the learned frame turns when "
+        "every atom is jittered by N(0, 0.01²) Å (forces differentiate through the frame).\n\n"
     )
     return header + "\n\n".join(_section(name, entry) for name, entry in sorted(payload["molecules"].items()))
 
@@ -387,25 +417,25 @@ def run(cfg: MoleculesBenchConfig, resume: bool = False, nve_steps: int = 2000) 
     data = _datasets(cfg)
     described = ", ".join(f"{s}: {d.source}" for s, d in data.items())
     rows: list[dict[str, Any]] = []
-    best: tuple[float, nn.Module, dict[str, Any]] | None = None
+    best: dict[str, Any] | None = None  # row of the best canonicalized run, whose model is saved at ckpt
     total = len(cfg.methods) * len(cfg.seeds)
     ckpt = str(Path(cfg.checkpoint_dir) / f"molecules_{cfg.molecule}.pt")
     for method in cfg.methods:
         for seed in cfg.seeds:
             model, row = _train_one(method, seed, cfg, data, resume)
             rows.append(row)
-            if method.startswith("canonicalized") and (best is None or row["best_val_loss"] < best[0]):
-                best = (row["best_val_loss"], copy.deepcopy(model), row)
-            payload = _payload(cfg, rows, None, None, described, time.perf_counter() - start, complete=False)
+            if method.startswith("canonicalized") and (best is None or row["best_val_loss"] < best["best_val_loss"]):
+                best = row
+                checkpoint.save(ckpt, model, meta={"benchmark": "molecules", "molecule": cfg.molecule, "row": row, "config": asdict(cfg)})
+            payload = _payload(cfg, rows, ckpt if best else None, None, described, time.perf_counter() - start, complete=False)
             write_results(cfg.results, payload, _markdown(payload))
     nve = None
     if best is not None:
-        checkpoint.save(ckpt, best[1], meta={"benchmark": "molecules", "molecule": cfg.molecule, "row": best[2], "config": asdict(cfg)})
         test = data["test"]
         atoms = Atoms(numbers=test.numbers[0][test.mask[0]].numpy(), positions=test.pos[0][test.mask[0]].double().numpy())
         atoms.calc = Calculator(ckpt)
         nve = nve_drift(atoms, steps=nve_steps)
-        nve.update(start="test frame 0", method=best[2]["method"], seed=best[2]["seed"])
+        nve.update(start="test frame 0", method=best["method"], seed=best["seed"])
     payload = _payload(cfg, rows, ckpt if best else None, nve, described, time.perf_counter() - start, complete=len(rows) == total)
     write_results(cfg.results, payload, _markdown(payload))
     return payload

@@ -16,7 +16,6 @@ equivariance error on the test set, parameter count, training time and inference
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

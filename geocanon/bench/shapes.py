@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +45,32 @@ from .. import checkpoint
 from ..frames import random_rotation
 from ..testing import equivariance_error
 from ..wrap import Canonicalized
-from .common import count_parameters, time_per_call
+from .common import count_parameters, time_alternating
 from .harness import fit, train_config
 from .results import RESULTS_DIR, hardware, markdown_table, provenance, write_results
 
 __all__ = [
-    "ShapesBenchConfig", "METHODS", "BACKBONES", "DATASETS", "PROTOCOLS", "PUBLISHED", "OVERHEAD_SETTINGS",
-    "model_spec", "ShapesObjective", "random_rotations", "rotate_clouds", "classify", "scores", "throughput",
-    "canonicalizer_overhead", "plot_gallery", "plot_confusion", "run", "evaluate_checkpoint",
-]  # fmt: skip
+    "BACKBONES",
+    "DATASETS",
+    "METHODS",
+    "OVERHEAD_SETTINGS",
+    "PROTOCOLS",
+    "PUBLISHED",
+    "ShapesBenchConfig",
+    "ShapesObjective",
+    "canonicalizer_overhead",
+    "classify",
+    "evaluate_checkpoint",
+    "load_data",
+    "model_spec",
+    "plot_confusion",
+    "plot_gallery",
+    "random_rotations",
+    "rotate_clouds",
+    "run",
+    "scores",
+    "throughput",
+]
 
 METHODS = ("plain", "augment", "pca", "learned", "learned-o3", "frame-averaging")
 BACKBONES = ("pointnet", "dgcnn")
@@ -140,8 +159,11 @@ class ShapesBenchConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name, values, known in (("methods", self.methods, METHODS), ("backbones", self.backbones, BACKBONES),
-                                    ("protocols", self.protocols, PROTOCOLS)):
+        for name, values, known in (
+            ("methods", self.methods, METHODS),
+            ("backbones", self.backbones, BACKBONES),
+            ("protocols", self.protocols, PROTOCOLS),
+        ):
             unknown = set(values) - set(known)
             if unknown:
                 raise ValueError(f"unknown shape-benchmark {name} {sorted(unknown)}; choose from {known}")
@@ -160,8 +182,13 @@ class ShapesBenchConfig:
 
     def budget(self, backbone: str) -> dict[str, Any]:
         """Points, epochs, batch size, width and methods of ``backbone`` (global values unless overridden)."""
-        base = {"points": self.points, "max_epochs": self.max_epochs, "batch_size": self.batch_size,
-                "width_scale": self.width_scale, "methods": list(self.methods)}
+        base = {
+            "points": self.points,
+            "max_epochs": self.max_epochs,
+            "batch_size": self.batch_size,
+            "width_scale": self.width_scale,
+            "methods": list(self.methods),
+        }
         base.update(self.budgets.get(backbone, {}))
         base["methods"] = [m for m in self.methods if m in base["methods"]]
         return base
@@ -177,10 +204,13 @@ def _rotation_kind(kind: str) -> str:
     return named[kind.lower()]
 
 
-def random_rotations(kind: str, n: int, generator: torch.Generator | None = None, dtype: torch.dtype | None = None) -> Tensor:
+def random_rotations(
+    kind: str, n: int, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
     """n rotation matrices Q [n, 3, 3] (points move as ``P @ Q.T``).
 
-    ``kind``: "none" (identity), "z" (uniform angle about the z axis) or "SO3" (Haar, :func:`~geocanon.random_rotation`).
+    ``kind``: "none" (identity), "z" (uniform angle about the z axis) or "SO3" (Haar,
+    :func:`~geocanon.random_rotation`).
     """
     kind = _rotation_kind(kind)
     dtype = dtype or torch.get_default_dtype()
@@ -210,7 +240,9 @@ def rotate_clouds(pos: Tensor, kind: str, seed: int) -> Tensor:
 def model_spec(method: str, backbone: str, cfg: ShapesBenchConfig, num_classes: int) -> dict[str, Any]:
     """The checkpoint spec (see :mod:`geocanon.checkpoint`) of ``method`` on ``backbone``."""
     if method not in METHODS or backbone not in BACKBONES:
-        raise ValueError(f"method must be one of {METHODS} and backbone one of {BACKBONES}, got {method!r}, {backbone!r}")
+        raise ValueError(
+            f"method must be one of {METHODS} and backbone one of {BACKBONES}, got {method!r}, {backbone!r}"
+        )
     net_config: dict[str, Any] = {"num_classes": num_classes, "width_scale": cfg.budget(backbone)["width_scale"]}
     if backbone == "dgcnn":
         net_config["k"] = cfg.dgcnn_k
@@ -296,18 +328,28 @@ class _Data:
     test: _Split
     classes: list[str]
     source: str
+    official_points: bool
 
 
-def _load_data(cfg: ShapesBenchConfig, points: int) -> _Data:
+def load_data(cfg: ShapesBenchConfig, points: int) -> _Data:
+    """Train / validation / test clouds [S, points, 3] and labels [S] of ``cfg.dataset``, class names, source line."""
     if cfg.dataset == "synthetic":
         from ..data.synthetic_shapes import SyntheticShapes
 
-        sets = {split: SyntheticShapes(split, n, points, cfg.seed, cfg.noise)
-                for split, n in (("train", cfg.n_per_class), ("val", cfg.n_val_per_class), ("test", cfg.n_test_per_class))}
+        sets = {
+            split: SyntheticShapes(split, n, points, cfg.seed, cfg.noise)
+            for split, n in (("train", cfg.n_per_class), ("val", cfg.n_val_per_class), ("test", cfg.n_test_per_class))
+        }
         splits = {k: _Split(v.pos, v.label) for k, v in sets.items()}
-        return _Data(splits["train"], splits["val"], splits["test"], sets["train"].classes,
-                     f"SyntheticShapes (seed {cfg.seed}, noise {cfg.noise}; {cfg.n_per_class}/{cfg.n_val_per_class}/"
-                     f"{cfg.n_test_per_class} shapes per class)")
+        return _Data(
+            splits["train"],
+            splits["val"],
+            splits["test"],
+            sets["train"].classes,
+            f"SyntheticShapes (seed {cfg.seed}, noise {cfg.noise}; {cfg.n_per_class}/{cfg.n_val_per_class}/"
+            f"{cfg.n_test_per_class} shapes per class)",
+            official_points=False,
+        )
     from ..data.modelnet import ModelNet
 
     train = ModelNet(cfg.data_root, cfg.dataset, "train", points)
@@ -315,11 +357,17 @@ def _load_data(cfg: ShapesBenchConfig, points: int) -> _Data:
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
     n_val = max(1, round(cfg.val_fraction * len(train)))
     val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
-    official = "the official HDF5 points" if train.layout == "hdf5" else "NOT the official HDF5 points"
-    return _Data(_Split(train.pos[train_idx], train.label[train_idx]), _Split(train.pos[val_idx], train.label[val_idx]),
-                 _Split(test.pos, test.label), list(train.classes),
-                 f"{cfg.dataset} from {train.folder} (layout {train.layout}: {official}); {len(train_idx)} train / {n_val} "
-                 f"validation (held out of the train split, seed {cfg.seed}) / {len(test)} test shapes")
+    official = train.layout == "hdf5"
+    return _Data(
+        _Split(train.pos[train_idx], train.label[train_idx]),
+        _Split(train.pos[val_idx], train.label[val_idx]),
+        _Split(test.pos, test.label),
+        list(train.classes),
+        f"{cfg.dataset} from {train.folder.resolve()} (layout {train.layout}: "
+        f"{'the official' if official else 'NOT the official'} HDF5 points); {len(train_idx)} train / {n_val} "
+        f"validation (held out of the train split, seed {cfg.seed}) / {len(test)} test shapes",
+        official_points=official,
+    )
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -334,15 +382,22 @@ def _training_key(method: str, backbone: str, train_rotation: str, cfg: ShapesBe
     return (method, backbone, train_rotation)
 
 
-def _train(key: tuple[str, str, str], cfg: ShapesBenchConfig, data: _Data, resume: bool) -> tuple[nn.Module, dict[str, Any]]:
+def _train(
+    key: tuple[str, str, str], cfg: ShapesBenchConfig, data: _Data, resume: bool
+) -> tuple[nn.Module, dict[str, Any]]:
     """Train one model; returns it (best validation weights, eval mode) and its training facts."""
     family, backbone, rotation = key
     budget = cfg.budget(backbone)
     torch.manual_seed(cfg.seed)
     model = checkpoint.build(model_spec(family, backbone, cfg, len(data.classes)))
     train_set = TensorDataset(data.train.pos, data.train.label)
-    train = DataLoader(train_set, batch_size=budget["batch_size"], shuffle=True, drop_last=len(train_set) > budget["batch_size"],
-                       generator=torch.Generator().manual_seed(cfg.seed))
+    train = DataLoader(
+        train_set,
+        batch_size=budget["batch_size"],
+        shuffle=True,
+        drop_last=len(train_set) > budget["batch_size"],
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     val_pos = rotate_clouds(data.val.pos, rotation, cfg.seed)
     val = DataLoader(TensorDataset(val_pos, data.val.label), batch_size=cfg.eval_batch_size)
     run_dir = Path(cfg.run_dir) / "_".join(key)
@@ -350,16 +405,34 @@ def _train(key: tuple[str, str, str], cfg: ShapesBenchConfig, data: _Data, resum
     result = fit(model, ShapesObjective(rotation), train, val, train_config(settings, cfg.seed), run_dir, resume)
     model.eval()
     val_acc = scores(classify(model, val_pos, cfg.eval_batch_size), data.val.label, len(data.classes))["accuracy"]
-    facts = {"train_rotation": rotation, "val_accuracy": val_acc, "epochs": result.epochs_run, "best_epoch": result.best_epoch,
-             "points": budget["points"], "width_scale": budget["width_scale"], "parameters": count_parameters(model),
-             "train_time_s": result.train_time_s}
+    facts = {
+        "train_rotation": rotation,
+        "val_accuracy": val_acc,
+        "epochs": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "points": budget["points"],
+        "width_scale": budget["width_scale"],
+        "parameters": count_parameters(model),
+        "train_time_s": result.train_time_s,
+    }
     checkpoint.save(run_dir / "model.pt", model, meta=_meta(cfg, data, budget["points"], key, facts))
     return model, facts
 
 
-def _meta(cfg: ShapesBenchConfig, data: _Data, points: int, key: tuple[str, str, str], facts: dict[str, Any]) -> dict[str, Any]:
-    return {"benchmark": "shapes", "dataset": cfg.dataset, "classes": data.classes, "points": points,
-            "method": key[0], "backbone": key[1], "train_rotation": key[2], "facts": facts, "config": asdict(cfg)}
+def _meta(
+    cfg: ShapesBenchConfig, data: _Data, points: int, key: tuple[str, str, str], facts: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "benchmark": "shapes",
+        "dataset": cfg.dataset,
+        "classes": data.classes,
+        "points": points,
+        "method": key[0],
+        "backbone": key[1],
+        "train_rotation": key[2],
+        "facts": facts,
+        "config": asdict(cfg),
+    }
 
 
 # --------------------------------------------------------------------------------------- throughput
@@ -376,27 +449,45 @@ def _shape_batch(batch_size: int, points: int) -> Tensor:
 def throughput(cfg: ShapesBenchConfig, num_classes: int) -> list[dict[str, Any]]:
     """Clouds/s of every method (augment = plain at inference, not repeated) in eval mode, no grad.
 
-    Each row: method, backbone, batch, points, ms_per_batch, clouds_per_s, cost_vs_plain (time / plain
-    backbone's time) and, for canonicalized models, canonicalizer_ms and canonicalizer_overhead
-    (canonicalizer time / plain backbone time).
+    Each model is timed alternately with the plain backbone (:func:`~geocanon.bench.common.time_alternating`).
+    Each row: method, backbone, batch, points, ms_per_batch, clouds_per_s, cost_vs_plain (median over
+    rounds of time / plain backbone's time) and, for canonicalized models, canonicalizer_ms and
+    canonicalizer_overhead (canonicalizer time / plain backbone time).
     """
     pos = _shape_batch(cfg.throughput_batch, cfg.throughput_points)
     rows = []
     for backbone in cfg.backbones:
-        methods = [m for m in cfg.budget(backbone)["methods"] if m != "augment"]
-        plain_ms = None
-        for method in ["plain"] + [m for m in methods if m != "plain"]:
-            model = checkpoint.build(model_spec(method, backbone, cfg, num_classes)).eval()
-            ms = 1000 * time_per_call(lambda: model(pos), repeats=cfg.throughput_repeats)
-            plain_ms = plain_ms or ms
-            row: dict[str, Any] = {"method": method, "backbone": backbone, "batch": cfg.throughput_batch,
-                                   "points": cfg.throughput_points, "ms_per_batch": ms,
-                                   "clouds_per_s": 1000 * cfg.throughput_batch / ms, "cost_vs_plain": ms / plain_ms}
+        plain = checkpoint.build(model_spec("plain", backbone, cfg, num_classes)).eval()
+        for method in dict.fromkeys(["plain"] + [m for m in cfg.budget(backbone)["methods"] if m != "augment"]):
+            model = (
+                plain if method == "plain" else checkpoint.build(model_spec(method, backbone, cfg, num_classes)).eval()
+            )
+            fns = [partial(plain, pos)] + ([] if model is plain else [partial(model, pos)])
             if isinstance(model, Canonicalized):
-                canon_ms = 1000 * time_per_call(lambda: model.canonicalizer(pos), repeats=cfg.throughput_repeats)
-                row.update(canonicalizer_ms=canon_ms, canonicalizer_overhead=canon_ms / plain_ms)
+                fns.append(partial(model.canonicalizer, pos))
+            times = time_alternating(fns, repeats=cfg.throughput_repeats)
+            ms = 1000 * statistics.median(times[1 if len(times) > 1 else 0])
+            row: dict[str, Any] = {
+                "method": method,
+                "backbone": backbone,
+                "batch": cfg.throughput_batch,
+                "points": cfg.throughput_points,
+                "ms_per_batch": ms,
+                "clouds_per_s": 1000 * cfg.throughput_batch / ms,
+                "cost_vs_plain": _median_ratio(times[1], times[0]) if len(times) > 1 else 1.0,
+            }
+            if isinstance(model, Canonicalized):
+                row.update(
+                    canonicalizer_ms=1000 * statistics.median(times[2]),
+                    canonicalizer_overhead=_median_ratio(times[2], times[0]),
+                )
             rows.append(row)
     return rows
+
+
+def _median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median over rounds of a[r] / b[r]."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def canonicalizer_overhead(
@@ -410,9 +501,11 @@ def canonicalizer_overhead(
 ) -> dict[str, Any]:
     """Forward time of the E3nnCanonicalizer (SO3) vs a plain PointNet on the same [batch_size, points, 3] batch.
 
-    For each setting the two are timed back to back (median of ``repeats``, eval, no grad), so a
-    changing machine load shifts both. Writes ``results.{json,md}`` and returns the payload; each row
-    has the canonicalizer's effective settings, canonicalizer_ms, pointnet_ms, overhead and meets_target.
+    For each setting the two are called alternately ``repeats`` times (eval, no grad; see
+    :func:`~geocanon.bench.common.time_alternating`); overhead = median over rounds of canonicalizer
+    time / PointNet time, so a changing machine load affects both alike. Writes ``results.{json,md}``
+    and returns the payload; each row has the canonicalizer's effective settings, canonicalizer_ms,
+    pointnet_ms (medians), overhead and meets_target.
     """
     from ..canonicalizers.learned import E3nnCanonicalizer
     from ..nn.pointnet import PointNet
@@ -427,11 +520,19 @@ def canonicalizer_overhead(
     for setting in settings:
         canon = E3nnCanonicalizer("SO3", **setting).eval()
         effective = {k: canon.config.get(k, v) for k, v in defaults.items()}
-        canon_ms = 1000 * time_per_call(lambda: canon(pos), repeats=repeats)
-        pointnet_ms = 1000 * time_per_call(lambda: pointnet(pos), repeats=repeats)
-        overhead = canon_ms / pointnet_ms
-        rows.append({**effective, "default": not setting, "canonicalizer_ms": canon_ms, "pointnet_ms": pointnet_ms,
-                     "overhead": overhead, "meets_target": overhead <= target, "parameters": count_parameters(canon)})
+        canon_s, pointnet_s = time_alternating([partial(canon, pos), partial(pointnet, pos)], repeats=repeats)
+        overhead = _median_ratio(canon_s, pointnet_s)
+        rows.append(
+            {
+                **effective,
+                "default": not setting,
+                "canonicalizer_ms": 1000 * statistics.median(canon_s),
+                "pointnet_ms": 1000 * statistics.median(pointnet_s),
+                "overhead": overhead,
+                "meets_target": overhead <= target,
+                "parameters": count_parameters(canon),
+            }
+        )
     payload = {
         "benchmark": "canonicalizer_overhead",
         "complete": True,
@@ -445,18 +546,40 @@ def canonicalizer_overhead(
         "results": rows,
         "provenance": provenance(time.perf_counter() - start),
     }
-    cols = ["num_points", "k", "hidden_mul", "layers", "default", "parameters", "canonicalizer_ms", "pointnet_ms", "overhead", "meets_target"]
+    cols = [
+        "num_points",
+        "k",
+        "hidden_mul",
+        "layers",
+        "default",
+        "parameters",
+        "canonicalizer_ms",
+        "pointnet_ms",
+        "overhead",
+        "meets_target",
+    ]
     default_row = next((r for r in rows if r["default"]), None)
-    verdict = "" if default_row is None else (
-        f"Default settings: overhead **{default_row['overhead']:.0%}** — "
-        + ("meets" if default_row["meets_target"] else "does NOT meet") + f" the ≤ {target:.0%} target.\n\n")
+    verdict = (
+        ""
+        if default_row is None
+        else (
+            f"Default settings: overhead **{default_row['overhead']:.0%}** — "
+            + ("meets" if default_row["meets_target"] else "does NOT meet")
+            + f" the ≤ {target:.0%} target.\n\n"
+        )
+    )
     md = (
-        f"# Canonicalizer overhead: E3nnCanonicalizer (SO3) vs plain PointNet, {batch_size} clouds × {points} points\n\n"
-        f"Forward time, eval mode, no grad, median of {repeats}; overhead = canonicalizer time / PointNet time "
-        f"(target ≤ {target:.0%}). CPU, torch threads {torch.get_num_threads()}, {os.cpu_count()} cores; load average "
-        f"(1/5/15 min) {_fmt_load(load_before)} before and {_fmt_load(payload['load_average_after'])} after "
-        "(the machine was shared: a load above the thread count inflates both times).\n\n"
-        + verdict + markdown_table(rows, cols) + "\n"
+        "# Canonicalizer overhead: E3nnCanonicalizer (SO3) vs plain PointNet, "
+        f"{batch_size} clouds × {points} points\n\n"
+        f"Forward time, eval mode, no grad; the canonicalizer and PointNet are called alternately {repeats} times "
+        "(medians shown); overhead = median over rounds of canonicalizer time / PointNet time "
+        f"(target ≤ {target:.0%}). "
+        f"CPU, torch threads {torch.get_num_threads()}, {os.cpu_count()} cores; load average (1/5/15 min) "
+        f"{_fmt_load(load_before)} before and {_fmt_load(payload['load_average_after'])} after (a load above the core "
+        "count means other processes shared the CPU: absolute times are inflated, the ratios less so).\n\n"
+        + verdict
+        + markdown_table(rows, cols)
+        + "\n"
     )
     write_results(results, payload, md)
     return payload
@@ -469,8 +592,15 @@ def _fmt_load(load: Sequence[float]) -> str:
 # ------------------------------------------------------------------------------------------- figures
 
 
-def plot_gallery(model: Canonicalized, pos: Tensor, label: Tensor, classes: Sequence[str], names: Sequence[str],
-                 path: str | Path, seed: int = 0) -> Path:
+def plot_gallery(
+    model: Canonicalized,
+    pos: Tensor,
+    label: Tensor,
+    classes: Sequence[str],
+    names: Sequence[str],
+    path: str | Path,
+    seed: int = 0,
+) -> Path:
     """PNG: for one test shape of each class in ``names``, two random SO(3) rotations of it and their canonical clouds.
 
     Args:
@@ -479,8 +609,11 @@ def plot_gallery(model: Canonicalized, pos: Tensor, label: Tensor, classes: Sequ
     """
     from matplotlib.figure import Figure
 
-    chosen = [(name, int((label == classes.index(name)).nonzero()[0])) for name in names
-              if name in classes and bool((label == classes.index(name)).any())]
+    chosen = [
+        (name, int((label == classes.index(name)).nonzero()[0]))
+        for name in names
+        if name in classes and bool((label == classes.index(name)).any())
+    ]
     if not chosen:
         raise ValueError(f"gallery: none of the classes {list(names)} has a test shape")
     clouds = pos[[i for _, i in chosen]]
@@ -501,8 +634,10 @@ def plot_gallery(model: Canonicalized, pos: Tensor, label: Tensor, classes: Sequ
             ax.scatter(p[:, 0], p[:, 1], p[:, 2], s=1, c=colours[row], cmap="viridis")
             ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), xticks=[], yticks=[], zticks=[])
             ax.set_title(f"{name}: {titles[col]}" if col == 0 else titles[col], fontsize=8)
-    fig.suptitle("Test shapes, randomly rotated, and their learned canonical clouds (the two canonical views agree;\n"
-                 "colour = height in the upright pose)")
+    fig.suptitle(
+        "Test shapes, randomly rotated, and their learned canonical clouds (the two canonical views agree;\n"
+        "colour = height in the upright pose)"
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -536,107 +671,182 @@ def plot_confusion(confusion: Tensor, classes: Sequence[str], title: str, path: 
 # ------------------------------------------------------------------------------------------- reports
 
 
-def _markdown(cfg: ShapesBenchConfig, payload: dict[str, Any], figures: dict[str, str]) -> str:
+ROW_COLUMNS = ["method", "backbone", "protocol", "train_rotation", "accuracy", "mean_class_accuracy",
+               "invariance_error", "val_accuracy", "points", "epochs", "parameters", "train_time_s"]  # fmt: skip
+THROUGHPUT_COLUMNS = ["method", "backbone", "ms_per_batch", "clouds_per_s", "cost_vs_plain", "canonicalizer_ms",
+                      "canonicalizer_overhead"]  # fmt: skip
+
+
+def _pivot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per (method, backbone) with an ``accuracy (mean class accuracy)`` cell per protocol."""
+    models = dict.fromkeys((r["method"], r["backbone"]) for r in rows)
+    lines = []
+    for method, backbone in sorted(models, key=lambda mb: (BACKBONES.index(mb[1]), METHODS.index(mb[0]))):
+        mine = [r for r in rows if (r["method"], r["backbone"]) == (method, backbone)]
+        line: dict[str, Any] = {
+            "method": method,
+            "backbone": backbone,
+            "points": mine[0]["points"],
+            "epochs": mine[0]["epochs"],
+            "trained with": ", ".join(sorted({r["train_rotation"] for r in mine})),
+        }
+        line.update({r["protocol"]: f"{r['accuracy']:.1f} ({r['mean_class_accuracy']:.1f})" for r in mine})
+        lines.append(line)
+    return lines
+
+
+def _markdown(cfg: ShapesBenchConfig, payload: dict[str, Any]) -> str:
     rows = payload["results"]
     status = "complete" if payload["complete"] else "PARTIAL (still running or interrupted; rows so far)"
-    models = sorted({(r["method"], r["backbone"]) for r in rows},
-                    key=lambda mb: (BACKBONES.index(mb[1]), METHODS.index(mb[0])))
-    pivot = []
-    for method, backbone in models:
-        mine = [r for r in rows if (r["method"], r["backbone"]) == (method, backbone)]
-        line: dict[str, Any] = {"method": method, "backbone": backbone, "points": mine[0]["points"], "epochs": mine[0]["epochs"],
-                                "trained with": ", ".join(sorted({r["train_rotation"] for r in mine}))}
-        for r in mine:
-            line[r["protocol"]] = f"{r['accuracy']:.1f} ({r['mean_class_accuracy']:.1f})"
-        pivot.append(line)
+    shared = (
+        "The invariant methods (pca, learned, frame-averaging) see the same canonical input whatever the training "
+        "rotation, so each was trained once (column 'trained with') and evaluated under every protocol. "
+    )
     text = [
         f"# Shape classification under rotations: `{cfg.label}` configuration — {status}\n",
-        f"Data: {payload['data']}. Accuracy in percent, as `overall (mean per class)`, of the best-validation epoch; "
-        "protocol = training rotation / test rotation (z: uniform about the up axis, SO3: Haar-random; test "
-        f"rotations drawn once with seed {cfg.test_seed}). Seed {cfg.seed}.\n",
-        "`augment` is the backbone trained with random SO(3) rotations whatever the protocol, i.e. the same model "
-        "as `plain` SO3/SO3. "
-        + ("The invariant methods (pca, learned, frame-averaging) see the same canonical input whatever the "
-           "training rotation, so each was trained once (column 'trained with') and evaluated under every protocol. "
-           if cfg.share_invariant_training else "")
-        + f"`learned` uses an E3nnCanonicalizer of group {cfg.canon_group}, `learned-o3` one of group O3.\n",
-        markdown_table(pivot, ["method", "backbone", "points", "epochs", "trained with", *cfg.protocols]),
+        (
+            f"Data: {payload['data']}. Accuracy in percent, as `overall (mean per class)`, of the best-validation "
+            "epoch; protocol = training rotation / test rotation (z: uniform about the up axis, SO3: Haar-random; test "
+            "rotations "
+            f"drawn once with seed {cfg.test_seed}). Seed {cfg.seed}.\n"
+        ),
+        (
+            "`augment` is the backbone trained with random SO(3) rotations whatever the protocol, i.e. the same model "
+            "as "
+            "`plain` SO3/SO3. "
+            + (shared if cfg.share_invariant_training else "")
+            + f"`learned` uses an E3nnCanonicalizer of group {cfg.canon_group}, `learned-o3` one of group O3.\n"
+        ),
+        markdown_table(_pivot(rows), ["method", "backbone", "points", "epochs", "trained with", *cfg.protocols]),
     ]
     if cfg.dataset != "synthetic":
-        ours = {(r["method"], r["backbone"]): r["accuracy"] for r in rows if r["protocol"] == "z/SO3"}
-        compare = [{"model": f"{b} + {m} (ours)", "z/SO3": f"{a:.1f}"} for (m, b), a in sorted(ours.items())]
-        compare += [{"model": f"{k} (published)", "z/SO3": v} for k, v in PUBLISHED.items()]
-        text += [f"\n## Beside the published ModelNet40 z/SO3 accuracies\n\nPublished numbers: Deng et al. 2021 (Vector "
-                 "Neurons), Table 1, on the official HDF5 points. **Ours are measured on "
-                 + ("the official points" if "NOT" not in payload["data"] else "other points (see Data above), not the "
-                    "official HDF5 points: comparable, not identical")
-                 + (f"; and on {cfg.dataset}, not ModelNet40" if cfg.dataset != "modelnet40" else "") + ".**\n",
-                 markdown_table(compare, ["model", "z/SO3"])]
-    text += ["\n## Every row\n", markdown_table(rows, ["method", "backbone", "protocol", "train_rotation", "accuracy",
-                                                       "mean_class_accuracy", "invariance_error", "val_accuracy", "points",
-                                                       "epochs", "parameters", "train_time_s"])]
-    text.append("\ninvariance_error: max relative change of the logits of 8 test clouds under random SO(3) rotations "
-                "(float32; ~1e-6 means exactly invariant).")
+        ours = [
+            {"model": f"{r['backbone']} + {r['method']} (ours)", "z/SO3": f"{r['accuracy']:.1f}"}
+            for r in rows
+            if r["protocol"] == "z/SO3"
+        ]
+        published = [{"model": f"{name} (published)", "z/SO3": value} for name, value in PUBLISHED.items()]
+        points = (
+            "the official HDF5 points"
+            if payload["official_points"]
+            else "other points (see Data above), NOT the official HDF5 points: comparable, not identical"
+        )
+        other = f"; and on {cfg.dataset}, not ModelNet40" if cfg.dataset != "modelnet40" else ""
+        text += [
+            (
+                "\n## Beside the published ModelNet40 z/SO3 accuracies\n\n"
+                "Published: Deng et al. 2021 (Vector Neurons), "
+                f"Table 1, on the official HDF5 points. **Ours are measured on {points}{other}.**\n"
+            ),
+            markdown_table(ours + published, ["model", "z/SO3"]),
+        ]
+    text += [
+        "\n## Every row\n",
+        markdown_table(rows, ROW_COLUMNS),
+        (
+            "\ninvariance_error: max relative change of the logits of 8 test clouds under random SO(3) rotations "
+            "(float32; ~1e-6 means exactly invariant)."
+        ),
+    ]
     if payload["throughput"]:
-        text += [f"\n## Throughput (CPU, eval, no grad, {cfg.throughput_batch} clouds × {cfg.throughput_points} points)\n",
-                 "cost_vs_plain = time / plain backbone time; canonicalizer_overhead = canonicalizer time / plain backbone "
-                 "time. `augment` is the plain backbone at inference.\n",
-                 markdown_table(payload["throughput"], ["method", "backbone", "ms_per_batch", "clouds_per_s", "cost_vs_plain",
-                                                        "canonicalizer_ms", "canonicalizer_overhead"])]
-    for caption, name in figures.items():
-        text.append(f"\n{caption}:\n\n![{caption}]({name})")
+        text += [
+            f"\n## Throughput (CPU, eval, no grad, {cfg.throughput_batch} clouds × {cfg.throughput_points} points)\n",
+            (
+                "Each model is timed alternately with the plain backbone; cost_vs_plain = time / plain backbone time, "
+                "canonicalizer_overhead = canonicalizer time / plain backbone time (medians over rounds). `augment` is "
+                "the plain backbone at inference.\n"
+            ),
+            markdown_table(payload["throughput"], THROUGHPUT_COLUMNS),
+        ]
+    text += [f"\n{caption}:\n\n![{caption}]({name})" for caption, name in payload["figures"].items()]
     return "\n".join(text)
 
 
-def _row(method: str, backbone: str, protocol: str, facts: dict[str, Any], result: dict[str, Any], cfg: ShapesBenchConfig,
-         invariance: float) -> dict[str, Any]:
-    return {"method": method, "backbone": backbone, "protocol": protocol, "test_rotation": protocol.split("/")[1],
-            "group": _group(method, cfg), "accuracy": result["accuracy"], "mean_class_accuracy": result["mean_class_accuracy"],
-            "n_test": result["n"], "invariance_error": invariance, **facts, "hardware": hardware(), "seed": cfg.seed}
+def _row(
+    method: str,
+    backbone: str,
+    protocol: str,
+    facts: dict[str, Any],
+    result: dict[str, Any],
+    cfg: ShapesBenchConfig,
+    invariance: float,
+) -> dict[str, Any]:
+    return {
+        "method": method,
+        "backbone": backbone,
+        "protocol": protocol,
+        "test_rotation": protocol.split("/")[1],
+        "group": _group(method, cfg),
+        "accuracy": result["accuracy"],
+        "mean_class_accuracy": result["mean_class_accuracy"],
+        "n_test": result["n"],
+        "invariance_error": invariance,
+        **facts,
+        "hardware": hardware(),
+        "seed": cfg.seed,
+    }
+
+
+def _evaluate(
+    model: nn.Module,
+    key: tuple[str, str, str],
+    facts: dict[str, Any],
+    planned: list[tuple[str, str, str]],
+    cfg: ShapesBenchConfig,
+    data: _Data,
+    test_views: dict[str, Tensor],
+) -> tuple[list[dict[str, Any]], dict]:
+    """Rows of the planned (method, backbone, protocol) that ``key``'s model serves; its scores per test rotation."""
+    invariance = equivariance_error(
+        model, data.test.pos[:8], group="SO3", output="invariant", trials=2, seed=cfg.test_seed
+    )
+    evaluated: dict[str, dict[str, Any]] = {}
+    rows = []
+    for method, backbone, protocol in planned:
+        train_rotation, test_rotation = protocol.split("/")
+        if _training_key(method, backbone, train_rotation, cfg) != key:
+            continue
+        if test_rotation not in evaluated:
+            if test_rotation not in test_views:
+                test_views[test_rotation] = rotate_clouds(data.test.pos, test_rotation, cfg.test_seed)
+            pred = classify(model, test_views[test_rotation], cfg.eval_batch_size)
+            evaluated[test_rotation] = {**scores(pred, data.test.label, len(data.classes)), "n": len(pred)}
+        rows.append(_row(method, backbone, protocol, facts, evaluated[test_rotation], cfg, invariance))
+        print(f"[shapes] {method} {backbone} {protocol}: accuracy {rows[-1]['accuracy']:.1f}%", flush=True)
+    return rows, evaluated
 
 
 def run(cfg: ShapesBenchConfig, resume: bool = False) -> dict[str, Any]:
     """Train and evaluate every method × backbone × protocol; write results as they come (see module docstring)."""
     start = time.perf_counter()
-    results = Path(cfg.results)
-    figures: dict[str, str] = {}
-    payload: dict[str, Any] = {"benchmark": "shapes", "dataset": cfg.dataset, "complete": False, "checkpoint": None,
-                               "units": {"accuracy": "percent", "mean_class_accuracy": "percent"},
-                               "config": asdict(cfg), "data": "", "results": [], "throughput": [], "figures": {},
-                               "published_z_so3": PUBLISHED if cfg.dataset != "synthetic" else None, "provenance": {}}
+    payload: dict[str, Any] = {
+        "benchmark": "shapes", "dataset": cfg.dataset, "complete": False, "checkpoint": None,
+        "units": {"accuracy": "percent", "mean_class_accuracy": "percent"}, "config": asdict(cfg), "data": "",
+        "official_points": False, "results": [], "throughput": [], "figures": {},
+        "published_z_so3": PUBLISHED if cfg.dataset != "synthetic" else None, "provenance": {},
+    }  # fmt: skip
 
     def write() -> None:
-        payload["figures"] = dict(figures)
         payload["provenance"] = provenance(time.perf_counter() - start, [cfg.seed])
-        write_results(results, payload, _markdown(cfg, payload, figures))
+        write_results(cfg.results, payload, _markdown(cfg, payload))
 
     planned = [(m, b, p) for p in cfg.protocols for b in cfg.backbones for m in cfg.budget(b)["methods"]]
     keys = list(dict.fromkeys(_training_key(m, b, p.split("/")[0], cfg) for m, b, p in planned))
     data_by_points: dict[int, _Data] = {}
-    test_views: dict[tuple[int, str], Tensor] = {}
+    test_views: dict[int, dict[str, Tensor]] = {}  # points -> test rotation -> rotated test clouds
     best_val_accuracy = -1.0  # of the learned-canonicalized PointNets so far
     for key in keys:
         points = cfg.budget(key[1])["points"]
         if points not in data_by_points:
-            data_by_points[points] = _load_data(cfg, points)
+            data_by_points[points] = load_data(cfg, points)
         data = data_by_points[points]
-        payload["data"] = data.source
+        payload.update(data=data.source, official_points=data.official_points)
         model, facts = _train(key, cfg, data, resume)
-        invariance = equivariance_error(model, data.test.pos[:8], group="SO3", output="invariant", trials=2, seed=cfg.test_seed)
-        evaluated: dict[str, dict[str, Any]] = {}
-        for method, backbone, protocol in planned:
-            if _training_key(method, backbone, protocol.split("/")[0], cfg) != key:
-                continue
-            test_rotation = protocol.split("/")[1]
-            if test_rotation not in evaluated:
-                view = test_views.setdefault((points, test_rotation), rotate_clouds(data.test.pos, test_rotation, cfg.test_seed))
-                pred = classify(model, view, cfg.eval_batch_size)
-                evaluated[test_rotation] = {**scores(pred, data.test.label, len(data.classes)), "n": len(pred)}
-            payload["results"].append(_row(method, backbone, protocol, facts, evaluated[test_rotation], cfg, invariance))
-            print(f"[shapes] {method} {backbone} {protocol}: accuracy {evaluated[test_rotation]['accuracy']:.1f}%", flush=True)
+        rows, evaluated = _evaluate(model, key, facts, planned, cfg, data, test_views.setdefault(points, {}))
+        payload["results"] += rows
         if key[0].startswith("learned") and key[1] == "pointnet" and facts["val_accuracy"] > best_val_accuracy:
             best_val_accuracy = facts["val_accuracy"]
-            _save_best(cfg, model, facts, data, key, evaluated, figures, payload)
+            _save_best(cfg, model, facts, data, key, evaluated, payload)
         write()
     if cfg.throughput:
         payload["throughput"] = throughput(cfg, len(next(iter(data_by_points.values())).classes))
@@ -645,29 +855,53 @@ def run(cfg: ShapesBenchConfig, resume: bool = False) -> dict[str, Any]:
     return payload
 
 
-def _save_best(cfg: ShapesBenchConfig, model: nn.Module, facts: dict[str, Any], data: _Data, key: tuple[str, str, str],
-               evaluated: dict[str, dict[str, Any]], figures: dict[str, str], payload: dict[str, Any]) -> None:
-    """Save the best learned-canonicalized PointNet so far, its gallery and its confusion matrix (hardest test rotation)."""
+def _save_best(
+    cfg: ShapesBenchConfig,
+    model: nn.Module,
+    facts: dict[str, Any],
+    data: _Data,
+    key: tuple[str, str, str],
+    evaluated: dict[str, dict[str, Any]],
+    payload: dict[str, Any],
+) -> None:
+    """Save the best learned-canonicalized PointNet so far, its gallery and confusion matrix (hardest test rotation)."""
     if cfg.checkpoint:
         checkpoint.save(cfg.checkpoint, model, meta=_meta(cfg, data, facts["points"], key, facts))
         payload["checkpoint"] = cfg.checkpoint
-    results = Path(cfg.results)
+    stem = Path(cfg.results)
     names = cfg.gallery_classes or data.classes[:4]
-    gallery = plot_gallery(model, data.test.pos, data.test.label, data.classes, names, results.with_name(results.name + "_gallery.png"),
-                           seed=cfg.test_seed)
+    gallery = plot_gallery(
+        model,
+        data.test.pos,
+        data.test.label,
+        data.classes,
+        names,
+        stem.with_name(stem.name + "_gallery.png"),
+        seed=cfg.test_seed,
+    )
     test_rotation = max(evaluated, key=ROTATIONS.index)
     title = f"{key[0]} PointNet, trained {key[2]}, tested {test_rotation}"
-    matrix = plot_confusion(evaluated[test_rotation]["confusion"], data.classes, title,
-                            results.with_name(results.name + "_confusion.png"))
-    figures["Gallery: input vs learned canonical clouds"] = gallery.name
-    figures[f"Confusion matrix ({title})"] = matrix.name
+    matrix = plot_confusion(
+        evaluated[test_rotation]["confusion"], data.classes, title, stem.with_name(stem.name + "_confusion.png")
+    )
+    payload["figures"] = {
+        "Gallery: input vs learned canonical clouds": gallery.name,
+        f"Confusion matrix ({title})": matrix.name,
+    }
 
 
 # ------------------------------------------------------------------------------------------ evaluate
 
 
-def evaluate_checkpoint(path: str | Path, data_dir: str | Path, dataset: str | None = None, rotate: str = "none", seed: int = 0,
-                        points: int | None = None, batch_size: int = 64) -> dict[str, Any]:
+def evaluate_checkpoint(
+    path: str | Path,
+    data_dir: str | Path,
+    dataset: str | None = None,
+    rotate: str = "none",
+    seed: int = 0,
+    points: int | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
     """Accuracy of a saved classifier on the ModelNet test split under ``data_dir``.
 
     Any layout :class:`~geocanon.data.modelnet.ModelNet` reads (at least the per-shape ``.npy`` one).
@@ -682,18 +916,30 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | Path, dataset: str | N
     model, meta = checkpoint.load(path)
     dataset = dataset or meta.get("dataset", "modelnet40")
     if dataset not in ("modelnet40", "modelnet10"):
-        raise ValueError(f"--evaluate reads ModelNet test splits: dataset must be modelnet40 or modelnet10, got {dataset!r}"
-                         + (" (the checkpoint was trained on SyntheticShapes)" if dataset == "synthetic" else ""))
+        raise ValueError(
+            f"--evaluate reads ModelNet test splits: dataset must be modelnet40 or modelnet10, got {dataset!r}"
+            + (" (the checkpoint was trained on SyntheticShapes)" if dataset == "synthetic" else "")
+        )
     rotate = _rotation_kind(rotate)
     points = points or meta.get("points", 1024)
     data = ModelNet(data_dir, dataset, "test", points)
     if meta.get("classes") is not None and list(meta["classes"]) != list(data.classes):
-        raise ValueError(f"checkpoint {path} was trained on classes {meta['classes']}, but {data.folder} holds {data.classes}")
+        raise ValueError(
+            f"checkpoint {path} was trained on classes {meta['classes']}, but {data.folder} holds {data.classes}"
+        )
     pos = rotate_clouds(data.pos, rotate, seed)
     with torch.no_grad():
         outputs = model(pos[:1]).shape[-1]
     if outputs != len(data.classes):
         raise ValueError(f"checkpoint {path} predicts {outputs} classes, but {dataset} has {len(data.classes)}")
     result = scores(classify(model, pos, batch_size), data.label, len(data.classes))
-    return {"accuracy": result["accuracy"], "mean_class_accuracy": result["mean_class_accuracy"], "n": len(data),
-            "dataset": dataset, "rotate": rotate, "seed": seed, "points": points, "checkpoint": str(path)}
+    return {
+        "accuracy": result["accuracy"],
+        "mean_class_accuracy": result["mean_class_accuracy"],
+        "n": len(data),
+        "dataset": dataset,
+        "rotate": rotate,
+        "seed": seed,
+        "points": points,
+        "checkpoint": str(path),
+    }

@@ -1,0 +1,64 @@
+"""Averaging an invariant output over the candidate frames of an E(3) canonicalization.
+
+An O3/E3 canonicalizer builds ``e1, e2`` from two predicted vectors and the third axis as
+``e3 = s · (e1 × e2)`` with the handedness ``s = sign(v3 · (e1 × e2))`` of a third predicted vector
+(:func:`~geocanon.frames.gram_schmidt`). ``s`` flips where the triple product — one number, so on a
+codimension-one set of geometries, e.g. near mirror-symmetric molecules, where an equivariant network's
+vectors all lie near the mirror plane — crosses zero. A model that reads
+canonical coordinates is then discontinuous there (Dym et al. 2024). Averaging the output over the
+frame ``R`` and its flipped copy ``R · diag(1, 1, -1)`` removes that jump: both candidates are
+equivariant frames (a reflection of the input maps the pair onto itself), so the average is still
+exactly invariant, and for an E(3)-invariant target nothing is lost, since the two canonical clouds
+are mirror images. The price is two backbone calls. (The codimension-two degeneracies — ``v2⊥ = 0``
+or ``v1 = 0`` — rotate the frame continuously and cannot be fixed by a finite average.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..frames import Frame, has_reflections
+
+__all__ = ["ThirdAxisAveraged"]
+
+
+class ThirdAxisAveraged(nn.Module):
+    """Invariant backbone output averaged over the canonical frame and its third-axis flip.
+
+    Args:
+        backbone: spec (see :mod:`geocanon.checkpoint`) of a module called as
+            ``backbone(pos_canonical, **scalars, mask=mask) -> [B, ...]``.
+        canonicalizer: spec of an O3/E3 canonicalizer.
+        scalar_features: names of per-point invariant keyword inputs, concatenated for the canonicalizer.
+
+    Shapes: ``pos`` [B, N, 3], scalars [B, N, F], ``mask`` [B, N] -> the backbone's invariant output [B, ...].
+    """
+
+    def __init__(self, backbone: dict[str, Any], canonicalizer: dict[str, Any], scalar_features: Sequence[str] = ()) -> None:
+        super().__init__()
+        from ..checkpoint import build  # checkpoint resolves this module by name: import lazily
+
+        self.backbone = build(backbone)
+        self.canonicalizer = build(canonicalizer)
+        if not has_reflections(self.canonicalizer.group):
+            raise ValueError(f"third-axis averaging needs an O3/E3 canonicalizer, got group {self.canonicalizer.group}")
+        self.scalar_features = tuple(scalar_features)
+
+    def forward(self, pos: Tensor, mask: Tensor | None = None, **scalars: Tensor) -> Tensor:
+        """Mean of the backbone output in the two candidate frames (see class docstring)."""
+        if set(scalars) != set(self.scalar_features):
+            raise ValueError(f"expected scalar features {sorted(self.scalar_features)}, got {sorted(scalars)}")
+        can = self.canonicalizer
+        features = torch.cat([scalars[k] for k in self.scalar_features], -1) if can.num_scalar_features else None
+        frame = can(pos, mask=mask, scalars=features)
+        flip = torch.tensor([1.0, 1.0, -1.0], dtype=pos.dtype, device=pos.device)
+        both = Frame(torch.cat([frame.rotation, frame.rotation * flip]), frame.translation.repeat(2, 1))
+        pos_c = both.to_canonical_points(pos.repeat(2, 1, 1))
+        repeated = {k: v.repeat(2, *([1] * (v.ndim - 1))) for k, v in scalars.items()}
+        extra = {} if mask is None else {"mask": mask.repeat(2, 1)}
+        out = self.backbone(pos_c, **repeated, **extra)
+        return out.unflatten(0, (2, pos.shape[0])).mean(0)

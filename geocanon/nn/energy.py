@@ -1,0 +1,169 @@
+"""Molecular energies and conservative forces: energy backbones and the potential wrapping any of them.
+
+* :class:`EnergyGNN` — a plain (non-equivariant) continuous-filter network over *absolute* atom
+  coordinates and relative vectors: the backbone a canonicalizer makes E(3)-invariant. Dense over all
+  atom pairs (molecules are small), with a smooth cosine cutoff so the energy is smooth in the positions.
+  Continuous filters were chosen by measurement: on 200 ethanol xTB frames, 150 Adam steps of batch 8
+  without canonicalizer, the training force MAE reached 0.27 eV/Å (lr 3e-3; 0.36 at 1e-3) against
+  0.39 (0.70) for the same network with MLP messages on concatenated ``[h_i, h_j, x_j - x_i, rbf]``
+  (SchNet, for reference: 0.21 at 1e-3).
+* :class:`EnergyMLP` — an MLP over the flattened coordinates and one-hot types of a fixed-size,
+  fixed-order molecule (the simplest "global descriptor" backbone, for comparison).
+* :class:`MolecularPotential` — atomic numbers in, ``(energy, forces)`` out, with ``forces = -dE/dx``
+  by autograd through the whole energy model (canonicalizer included), so the forces are conservative
+  and, for an invariant energy, exactly equivariant.
+
+Energy models are called as ``model(pos [B, N, 3], species=[B, N, T] one-hot, mask=[B, N]) -> [B]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .gnn import mlp, pair_mask
+
+__all__ = ["EnergyGNN", "EnergyMLP", "MolecularPotential", "cosine_cutoff", "gaussian_rbf"]
+
+
+def cosine_cutoff(distance: Tensor, cutoff: float) -> Tensor:
+    """``0.5 (cos(π d / cutoff) + 1)`` for d < cutoff, else 0: smooth weights of pairs, same shape as ``distance``."""
+    return torch.where(distance < cutoff, 0.5 * (torch.cos(math.pi * distance / cutoff) + 1), torch.zeros_like(distance))
+
+
+def gaussian_rbf(distance: Tensor, num: int, cutoff: float) -> Tensor:
+    """Gaussians on ``num`` centres in [0, cutoff] (width = spacing): distance [...] -> [..., num]."""
+    centres = torch.linspace(0.0, cutoff, num, dtype=distance.dtype, device=distance.device)
+    width = cutoff / (num - 1)
+    return torch.exp(-0.5 * ((distance[..., None] - centres) / width) ** 2)
+
+
+def _mask(pos: Tensor, mask: Tensor | None) -> Tensor:
+    if pos.ndim != 3 or pos.shape[-1] != 3:
+        raise ValueError(f"pos must be [B, N, 3], got {list(pos.shape)}")
+    if mask is None:
+        return torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
+    if mask.shape != pos.shape[:2]:
+        raise ValueError(f"mask must be [B, N] = {list(pos.shape[:2])}, got {list(mask.shape)}")
+    return mask
+
+
+class EnergyGNN(nn.Module):
+    """Continuous-filter message passing over all atom pairs within ``cutoff`` Å; energy = sum of atomic energies.
+
+    Node input: type embedding (linear map of the one-hot) plus a linear map of the atom's absolute
+    coordinates. Each layer (SchNet-like, but the filter also sees the relative *vector*, which is
+    what makes the network not invariant on its own): ``W_ij = fc(r_ij) φ_w(x_j - x_i, rbf(r_ij))``,
+    ``h_i ← h_i + φ_h(Σ_j W_ij ⊙ V h_j)``, with a smooth cosine cutoff ``fc`` so the energy is smooth.
+
+    Args:
+        num_species: T, length of the one-hot type vector.
+        hidden: feature width.
+        layers: message-passing layers.
+        num_rbf: Gaussian distance features.
+        cutoff: pair cutoff in Å.
+        activation: key of :data:`geocanon.nn.gnn.ACTIVATIONS` (smooth ones give smooth forces).
+
+    Shapes: ``pos`` [B, N, 3], ``species`` [B, N, T], ``mask`` [B, N] -> energy [B].
+    """
+
+    def __init__(self, num_species: int, hidden: int = 64, layers: int = 3, num_rbf: int = 16, cutoff: float = 5.0, activation: str = "silu") -> None:
+        super().__init__()
+        if num_species < 1 or hidden < 1 or layers < 1 or num_rbf < 2:
+            raise ValueError(f"need num_species, hidden, layers >= 1 and num_rbf >= 2, got {num_species}, {hidden}, {layers}, {num_rbf}")
+        self.num_species, self.num_rbf, self.cutoff = num_species, num_rbf, cutoff
+        self.embed = nn.Linear(num_species, hidden)
+        self.coords = nn.Linear(3, hidden, bias=False)
+        self.filters = nn.ModuleList([mlp([3 + num_rbf, hidden, hidden], activation, False) for _ in range(layers)])
+        self.values = nn.ModuleList([nn.Linear(hidden, hidden, bias=False) for _ in range(layers)])
+        self.updates = nn.ModuleList([mlp([hidden, hidden, hidden], activation, False) for _ in range(layers)])
+        self.readout = mlp([hidden, hidden, 1], activation, False)
+
+    def forward(self, pos: Tensor, species: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Energy [B] of each molecule (see class docstring)."""
+        mask = _mask(pos, mask)
+        if species.shape != (*pos.shape[:2], self.num_species):
+            raise ValueError(f"species must be [B, N, {self.num_species}], got {list(species.shape)}")
+        pairs = pair_mask(mask)  # [B, N, N]
+        diff = pos[:, None, :] - pos[:, :, None]  # [B, i, j, 3] = x_j - x_i
+        sq = (diff**2).sum(-1)
+        dist = torch.where(pairs, sq, torch.ones_like(sq)).sqrt()  # no sqrt'(0) on the diagonal / padding
+        weight = (cosine_cutoff(dist, self.cutoff) * pairs)[..., None]
+        edge = torch.cat([diff, gaussian_rbf(dist, self.num_rbf, self.cutoff)], -1)
+        h = self.embed(species) + self.coords(pos)
+        for filt, value, update in zip(self.filters, self.values, self.updates):
+            msg = (filt(edge) * weight * value(h)[:, None, :, :]).sum(2)  # Σ_j W_ij ⊙ V h_j
+            h = h + update(msg)
+        return (self.readout(h)[..., 0] * mask).sum(1)
+
+
+class EnergyMLP(nn.Module):
+    """An MLP of the flattened coordinates and one-hot types of a molecule with ``num_atoms`` atoms in a fixed order.
+
+    Shapes: ``pos`` [B, num_atoms, 3], ``species`` [B, num_atoms, T] -> energy [B]. Not permutation
+    invariant and not for padded batches: a per-molecule baseline.
+    """
+
+    def __init__(self, num_atoms: int, num_species: int, hidden: int = 256, layers: int = 3, activation: str = "silu") -> None:
+        super().__init__()
+        self.num_atoms, self.num_species = num_atoms, num_species
+        self.net = mlp([num_atoms * (3 + num_species)] + [hidden] * layers + [1], activation, False)
+
+    def forward(self, pos: Tensor, species: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Energy [B] (see class docstring)."""
+        if pos.shape[1:] != (self.num_atoms, 3) or species.shape[1:] != (self.num_atoms, self.num_species):
+            raise ValueError(f"EnergyMLP needs pos [B, {self.num_atoms}, 3] and species [B, {self.num_atoms}, {self.num_species}], got {list(pos.shape)}, {list(species.shape)}")
+        if mask is not None and not bool(mask.all()):
+            raise ValueError("EnergyMLP does not accept padded molecules (mask has False entries)")
+        return self.net(torch.cat([pos, species], -1).flatten(1))[:, 0]
+
+
+class MolecularPotential(nn.Module):
+    """Energy and conservative forces of molecules from any energy model spec.
+
+    ``energy = energy_shift * n_atoms + energy_scale * model(pos, species=one_hot(numbers), mask=mask)`` and
+    ``forces = -∂energy/∂pos`` by autograd (through the canonicalizer too). Second derivatives for
+    training on forces are kept whenever autograd is on at call time.
+
+    Args:
+        species: atomic numbers the model knows, in one-hot order (e.g. [1, 6, 8]).
+        model: checkpoint spec (see :mod:`geocanon.checkpoint`) of the energy model.
+        energy_shift: per-atom energy offset in eV (mean training energy / atoms).
+        energy_scale: eV per model unit (e.g. the std of the training force components).
+
+    Shapes: ``pos`` [B, N, 3] Å, ``numbers`` [B, N] int (0 = padding), optional ``mask`` [B, N] ->
+    ``(energy [B] eV, forces [B, N, 3] eV/Å)`` (forces of padding atoms are 0).
+    """
+
+    def __init__(self, species: Sequence[int], model: dict[str, Any], energy_shift: float = 0.0, energy_scale: float = 1.0) -> None:
+        super().__init__()
+        from ..checkpoint import build  # checkpoint resolves this module by name: import lazily
+
+        if len(species) == 0 or len(set(species)) != len(species):
+            raise ValueError(f"species must be distinct atomic numbers, got {list(species)}")
+        self.species = [int(z) for z in species]
+        self.model = build(model)
+        self.energy_shift = float(energy_shift)
+        self.energy_scale = float(energy_scale)
+
+    def forward(self, pos: Tensor, numbers: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(energy [B], forces [B, N, 3])`` for ``pos`` [B, N, 3] and ``numbers`` [B, N]."""
+        from ..data.molecules import one_hot_species
+
+        if numbers.shape != pos.shape[:2]:
+            raise ValueError(f"numbers must be [B, N] = {list(pos.shape[:2])}, got {list(numbers.shape)}")
+        if mask is None:
+            mask = numbers > 0
+        species = one_hot_species(numbers, self.species, pos.dtype)
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            x = pos if pos.requires_grad else pos.detach().requires_grad_(True)
+            raw = self.model(x, species=species, mask=mask)
+            energy = self.energy_shift * mask.sum(1).to(pos.dtype) + self.energy_scale * raw
+            (grad,) = torch.autograd.grad(energy.sum(), x, create_graph=keep_graph)
+        forces = -grad.masked_fill(~mask[..., None], 0.0)
+        return (energy, forces) if keep_graph else (energy.detach(), forces.detach())

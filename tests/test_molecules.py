@@ -1,0 +1,275 @@
+"""Molecules: readers, the xTB generator, energy/force models (conservative, E(3)-exact), ASE, the benchmark.
+
+Training data here is SYNTHETIC (a toy Morse-like pair potential the test computes), except the
+generator test, which runs a handful of real GFN2-xTB evaluations (tblite, ~2 ms each).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from geocanon import checkpoint
+from geocanon.bench.molecules import METHODS, MoleculesBenchConfig, evaluate_checkpoint, model_spec, run
+from geocanon.data.molecules import KCAL_MOL_TO_EV, MDConfig, generate_molecule, one_hot_species, read_molecules
+from geocanon.testing import equivariance_error
+
+from .conftest import default_dtype
+
+WATER = Atoms("OH2", positions=[[0.0, 0.0, 0.12], [0.0, 0.76, -0.47], [0.0, -0.76, -0.47]])
+SPECIES = [1, 6, 8]
+
+
+def _toy_frames(n: int, seed: int = 0) -> list[Atoms]:
+    """SYNTHETIC labelled frames: a jittered 5-atom molecule with a smooth pair potential E = Σ (r - 1.3)²."""
+    rng = np.random.default_rng(seed)
+    base = np.array([[0.0, 0.0, 0.0], [1.3, 0.1, 0.0], [-0.4, 1.2, 0.2], [-0.3, -0.5, 1.1], [0.6, -1.0, -0.7]])
+    frames = []
+    for _ in range(n):
+        pos = base + rng.normal(scale=0.1, size=base.shape)
+        diff = pos[:, None] - pos[None]
+        r = np.linalg.norm(diff, axis=-1) + np.eye(5)
+        energy = 0.5 * ((r - 1.3) ** 2 * (1 - np.eye(5))).sum()
+        forces = -2 * (((r - 1.3) / r)[..., None] * diff * (1 - np.eye(5))[..., None]).sum(1)
+        atoms = Atoms("CCOHH", positions=pos)
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        frames.append(atoms)
+    return frames
+
+
+def _write_split_files(root: Path) -> dict[str, Path]:
+    import ase.io
+
+    paths = {}
+    for i, split in enumerate(("train", "valid", "test")):
+        paths[split] = root / f"toy_{split}.extxyz"
+        ase.io.write(paths[split], _toy_frames(6, seed=i), format="extxyz")
+    return paths
+
+
+# -- readers -----------------------------------------------------------------------------------------
+
+
+def test_read_extxyz_and_ase_db_with_labels(tmp_path):
+    import ase.db
+    import ase.io
+
+    frames = _toy_frames(3)
+    ase.io.write(tmp_path / "a.extxyz", frames, format="extxyz")
+    with ase.db.connect(tmp_path / "a.db") as db:
+        for atoms in frames:
+            db.write(atoms)
+    for name in ("a.extxyz", "a.db"):
+        data = read_molecules(tmp_path / name, require_labels=True)
+        assert len(data) == 3 and data.species == [1, 6, 8]
+        np.testing.assert_allclose(data.energy.numpy(), [f.get_potential_energy() for f in frames], rtol=1e-10)
+        np.testing.assert_allclose(data.forces[1].numpy(), frames[1].get_forces(), atol=1e-8)
+        np.testing.assert_allclose(data.pos[2].numpy(), frames[2].positions, atol=1e-8)
+
+
+def test_read_xyz_pdb_sdf_positions_only(tmp_path):
+    import ase.io
+
+    ase.io.write(tmp_path / "w.xyz", WATER, format="xyz")
+    ase.io.write(tmp_path / "w.pdb", WATER)
+    ase.io.write(tmp_path / "w.sdf", WATER, format="sdf")
+    for name in ("w.xyz", "w.pdb", "w.sdf"):
+        data = read_molecules(tmp_path / name)
+        assert data.numbers.tolist() == [[8, 1, 1]] and data.energy is None and data.forces is None
+        np.testing.assert_allclose(data.pos[0].numpy(), WATER.positions, atol=1e-3)
+        with pytest.raises(ValueError, match=name):
+            read_molecules(tmp_path / name, require_labels=True)
+
+
+def test_read_mixed_sizes_are_padded(tmp_path):
+    import ase.io
+
+    ase.io.write(tmp_path / "m.xyz", [WATER, _toy_frames(1)[0]], format="extxyz")
+    data = read_molecules(tmp_path / "m.xyz")
+    assert data.pos.shape == (2, 5, 3) and data.mask.sum(1).tolist() == [3, 5] and data.numbers[0, 3:].tolist() == [0, 0]
+
+
+def test_read_rmd17_npz_converts_units(tmp_path):
+    z = np.array([8, 1, 1])
+    coords = np.stack([WATER.positions, WATER.positions + 0.01])
+    np.savez(tmp_path / "rmd17_water.npz", nuclear_charges=z, coords=coords, energies=np.array([-10.0, -9.0]), forces=np.ones((2, 3, 3)))
+    data = read_molecules(tmp_path / "rmd17_water.npz", require_labels=True)
+    assert data.numbers.tolist() == [[8, 1, 1]] * 2
+    np.testing.assert_allclose(data.energy.numpy(), np.array([-10.0, -9.0]) * KCAL_MOL_TO_EV)
+    np.testing.assert_allclose(data.forces.numpy(), KCAL_MOL_TO_EV)
+    np.savez(tmp_path / "nolabels.npz", nuclear_charges=z, coords=coords)
+    with pytest.raises(ValueError, match="nolabels.npz has no energies and no forces"):
+        read_molecules(tmp_path / "nolabels.npz", require_labels=True)
+
+
+def test_corrupt_files_name_the_file(tmp_path):
+    (tmp_path / "bad.extxyz").write_text("3\nProperties=species:S:1:pos:R:3\nO 0 0\n")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip archive")
+    for name in ("bad.extxyz", "bad.npz"):
+        with pytest.raises(ValueError, match=name):
+            read_molecules(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        read_molecules(tmp_path / "absent.xyz")
+
+
+def test_one_hot_rejects_unknown_elements():
+    numbers = torch.tensor([[8, 1, 1, 0]])
+    hot = one_hot_species(numbers, SPECIES)
+    assert hot.tolist() == [[[0, 0, 1], [1, 0, 0], [1, 0, 0], [0, 0, 0]]]
+    with pytest.raises(ValueError, match=r"\[7\]"):
+        one_hot_species(torch.tensor([[7, 1]]), SPECIES)
+
+
+# -- generator ---------------------------------------------------------------------------------------
+
+
+def test_generator_resumes_after_interruption(tmp_path):
+    pytest.importorskip("tblite")
+    config = MDConfig(molecule="ethanol", stride=2, equilibration_steps=2, n_train=2, n_valid=1, n_test=1)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_chunk(message: str) -> None:
+        if "2/4 frames" in message:
+            raise Stop
+
+    with pytest.raises(Stop):
+        generate_molecule(tmp_path, config, chunk=2, log=stop_after_first_chunk)
+    paths = generate_molecule(tmp_path, config, chunk=2, log=lambda m: None)
+    frames = read_molecules(paths["trajectory"], require_labels=True)
+    assert len(frames) == 4
+    steps = [int(line.split("md_step=")[1].split()[0]) for line in paths["trajectory"].read_text().splitlines() if "md_step=" in line]
+    assert steps == [4, 6, 8, 10]  # continuous across the interruption
+    sizes = {s: len(read_molecules(paths[s], require_labels=True)) for s in ("train", "valid", "test")}
+    assert sizes == {"train": 2, "valid": 1, "test": 1}
+    meta = json.loads(paths["meta"].read_text())
+    assert meta["frames"] == 4 and meta["units"]["energy"] == "eV"
+    assert abs(frames.energy.mean().item() + 309.0) < 5.0  # GFN2-xTB ethanol is about -309.8 eV
+
+
+# -- models -------------------------------------------------------------------------------------------
+
+
+def _potential(method: str, num_atoms: int = 5):
+    cfg = MoleculesBenchConfig(hidden=16, layers=2, canon_hidden_mul=4, canon_layers=1, mlp_hidden=16, schnet_hidden=16, schnet_interactions=1)
+    return checkpoint.build(model_spec(method, cfg, SPECIES, num_atoms, energy_shift=-1.0, energy_scale=0.5))
+
+
+def _toy_batch(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    data = read_molecules_from(_toy_frames(3))
+    return data.pos.to(dtype), data.numbers
+
+
+def read_molecules_from(frames):
+    from geocanon.data.molecules import from_atoms
+
+    return from_atoms(frames)
+
+
+@pytest.mark.parametrize("method", ["canonicalized", "canonicalized-avg", "canonicalized-se3"])
+def test_forces_are_minus_energy_gradient(method):
+    with default_dtype(torch.float64):
+        model = _potential(method).eval()
+    pos, numbers = _toy_batch(torch.float64)
+    forces = model(pos, numbers)[1]
+    h = 1e-6
+    for atom, axis in ((0, 0), (3, 2), (4, 1)):
+        step = torch.zeros_like(pos)
+        step[:, atom, axis] = h
+        fd = (model(pos + step, numbers)[0] - model(pos - step, numbers)[0]) / (2 * h)
+        torch.testing.assert_close(forces[:, atom, axis], -fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "method,dtype,tol",
+    [("canonicalized", torch.float64, 1e-9), ("canonicalized", torch.float32, 1e-5), ("canonicalized-mlp", torch.float64, 1e-9),
+     ("canonicalized-avg", torch.float64, 1e-9), ("schnet", torch.float32, 1e-5)],
+    ids=["canonicalized-float64", "canonicalized-float32", "mlp-float64", "avg-float64", "schnet-float32"],
+)
+def test_energy_invariant_forces_equivariant_under_e3(method, dtype, tol):
+    with default_dtype(dtype):
+        model = _potential(method).eval()
+    pos, numbers = _toy_batch(dtype)
+    e_err = equivariance_error(lambda p, numbers: model(p, numbers)[0], pos, "E3", "invariant", scalars={"numbers": numbers}, trials=2)
+    f_err = equivariance_error(lambda p, numbers: model(p, numbers)[1], pos, "E3", "vector", scalars={"numbers": numbers}, trials=2)
+    assert e_err < tol and f_err < tol * 10, (e_err, f_err)  # forces: one differentiation more
+
+
+def test_se3_canonicalization_is_not_reflection_invariant_and_augment_is_not_exact():
+    with default_dtype(torch.float64):
+        se3, plain = _potential("canonicalized-se3").eval(), _potential("augment").eval()
+    pos, numbers = _toy_batch(torch.float64)
+    call = {"scalars": {"numbers": numbers}, "trials": 2}
+    assert equivariance_error(lambda p, numbers: se3(p, numbers)[1], pos, "SE3", "vector", **call) < 1e-9
+    assert equivariance_error(lambda p, numbers: se3(p, numbers)[1], pos, "O3", "vector", **call) > 1e-4
+    assert equivariance_error(lambda p, numbers: plain(p, numbers)[1], pos, "SO3", "vector", **call) > 1e-4
+
+
+def test_ase_calculator_runs_md_and_roundtrips_checkpoint(tmp_path):
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    from geocanon.ase import Calculator, nve_drift
+
+    model = _potential("canonicalized")
+    path = checkpoint.save(tmp_path / "m.pt", model)
+    atoms = _toy_frames(1)[0]
+    atoms.calc = Calculator(path)
+    e0 = atoms.get_potential_energy()
+    with default_dtype(torch.float64):
+        reference = _potential("canonicalized")
+    reference.load_state_dict(model.state_dict())
+    expected = reference(torch.as_tensor(atoms.positions)[None], torch.as_tensor(atoms.numbers)[None])[0].item()
+    assert abs(e0 - expected) < 1e-10
+    VelocityVerlet(atoms, 0.5 * units.fs).run(10)
+    assert atoms.get_forces().shape == (5, 3) and np.isfinite(atoms.get_potential_energy())
+    result = nve_drift(atoms, steps=10, timestep_fs=0.1)
+    assert result["steps"] == 10 and np.isfinite(result["drift_ev_per_ps"])
+
+
+def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys):
+    paths = _write_split_files(tmp_path)
+    cfg = MoleculesBenchConfig(
+        molecule="toy", seeds=[0], train_file=str(paths["train"]), valid_file=str(paths["valid"]), test_file=str(paths["test"]),
+        n_train=6, n_valid=6, n_test=6, hidden=8, layers=1, canon_hidden_mul=4, canon_layers=1, mlp_hidden=8, schnet_hidden=8,
+        schnet_interactions=1, max_epochs=1, batch_size=3, check_val_every_n_epoch=1, run_dir=str(tmp_path / "runs"),
+        results=str(tmp_path / "results" / "molecules"), checkpoint_dir=str(tmp_path / "ckpt"), progress=False,
+    )
+    payload = run(cfg, nve_steps=3)
+    entry = payload["molecules"]["toy"]
+    assert entry["complete"] and [r["method"] for r in entry["runs"]] == list(METHODS)
+    for row in entry["runs"]:
+        assert np.isfinite(row["energy_mae_mev"]) and np.isfinite(row["force_mae_mev_per_a"]) and row["n"] == 6
+        assert (row["method"].startswith("canonicalized")) == ("frame_change_deg_median" in row)
+        assert 0 <= row.get("frame_change_deg_median", 0) <= 180
+        exact = row["method"] != "augment"
+        assert (row["force_equivariance_error"] < 1e-3) == exact, (row["method"], row["force_equivariance_error"])
+    ckpt = payload["checkpoints"]["toy"]
+    assert Path(ckpt).is_file() and entry["nve"]["steps"] == 3
+    assert (tmp_path / "results" / "molecules.md").read_text().count("| canonicalized |") == 1
+    result = evaluate_checkpoint(ckpt, paths["test"])
+    assert result["n"] == 6 and result["force_mae_mev_per_a"] > 0
+
+
+def test_third_axis_average_ignores_the_sign_of_e3():
+    """Flipping the canonicalizer's third vector flips e3: the single-frame energy changes, the averaged one does not."""
+    with default_dtype(torch.float64):
+        single, averaged = _potential("canonicalized").eval(), _potential("canonicalized-avg").eval()
+    averaged.model.backbone.load_state_dict(single.model.backbone.state_dict())
+    averaged.model.canonicalizer.load_state_dict(single.model.canonicalizer.state_dict())
+    pos, numbers = _toy_batch(torch.float64)
+    before = single(pos, numbers)[0], averaged(pos, numbers)[0]
+    for model in (single.model, averaged.model):
+        network = model.canonicalizer.network
+        original = network.forward
+        network.forward = lambda *a, _f=original, **k: _f(*a, **k) * torch.tensor([1.0, 1.0, -1.0])[:, None]
+    after = single(pos, numbers)[0], averaged(pos, numbers)[0]
+    assert (after[0] - before[0]).abs().max() > 1e-4
+    torch.testing.assert_close(after[1], before[1], rtol=1e-12, atol=1e-12)

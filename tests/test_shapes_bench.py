@@ -1,0 +1,230 @@
+"""Shape benchmark smoke test: every method trains for 1 epoch on a tiny synthetic set, trained
+canonicalized models are invariant, the results follow their schema, and ``--evaluate`` reads a
+per-shape .npy ModelNet layout."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geocanon import checkpoint
+from geocanon.bench.common import load_config
+from geocanon.bench.shapes import (
+    INVARIANT_METHODS,
+    METHODS,
+    ShapesBenchConfig,
+    canonicalizer_overhead,
+    model_spec,
+    random_rotations,
+    rotate_clouds,
+    run,
+    scores,
+)
+from geocanon.bench.shapes_cli import QUICK_CONFIG
+from geocanon.cli import main as cli_main
+from geocanon.data.modelnet import MODELNET10_CLASSES
+from geocanon.testing import equivariance_error
+
+ROW_KEYS = {
+    "method": str, "backbone": str, "protocol": str, "accuracy": float, "mean_class_accuracy": float, "epochs": int,
+    "points": int, "train_time_s": float, "hardware": str, "seed": int, "train_rotation": str,
+    "invariance_error": float,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[ShapesBenchConfig, dict]:
+    """The quick configuration (all methods on PointNet, learned on DGCNN), 1 epoch, in a temp folder."""
+    out = tmp_path_factory.mktemp("shapes")
+    cfg = load_config(
+        ShapesBenchConfig,
+        QUICK_CONFIG,
+        run_dir=str(out / "runs"),
+        results=str(out / "results" / "shapes_quick"),
+        checkpoint=str(out / "best.pt"),
+        progress=False,
+        budgets={"dgcnn": {"methods": ["learned"]}},
+    )
+    return cfg, run(cfg)
+
+
+def test_every_method_trains_and_rows_follow_the_schema(quick: tuple[ShapesBenchConfig, dict]) -> None:
+    cfg, payload = quick
+    assert payload["complete"] is True and payload["dataset"] == "synthetic"
+    rows = payload["results"]
+    expected = {(m, "pointnet", p) for m in METHODS for p in cfg.protocols}
+    expected |= {("learned", "dgcnn", p) for p in cfg.protocols}
+    assert {(r["method"], r["backbone"], r["protocol"]) for r in rows} == expected and len(rows) == len(expected)
+    for r in rows:
+        for key, kind in ROW_KEYS.items():
+            assert isinstance(r[key], kind), (key, r[key])
+        assert 0.0 <= r["accuracy"] <= 100.0 and 0.0 <= r["mean_class_accuracy"] <= 100.0
+        assert r["epochs"] == 1 and r["points"] == cfg.points and r["n_test"] == 14
+        assert r["train_rotation"] == (
+            "SO3" if r["method"] == "augment" or r["protocol"] == "SO3/SO3" and r["method"] == "plain" else "z"
+        )
+    # written to disk as JSON (identical to the payload) and Markdown, with provenance
+    stored = json.loads(Path(cfg.results).with_suffix(".json").read_text())
+    assert stored["results"] == json.loads(json.dumps(rows)) and stored["complete"] is True
+    assert {"command", "commit", "hardware", "date", "wall_time_s"} <= set(stored["provenance"])
+    md = Path(cfg.results).with_suffix(".md").read_text()
+    assert "— complete" in md and "| learned | pointnet |" in md
+    # throughput: one row per method except augment, with the canonicalizer's share for canonicalized ones
+    tp = {(t["method"], t["backbone"]): t for t in payload["throughput"]}
+    assert set(tp) == {(m, "pointnet") for m in METHODS if m != "augment"} | {("plain", "dgcnn"), ("learned", "dgcnn")}
+    assert (
+        tp[("plain", "pointnet")]["cost_vs_plain"] == 1.0 and tp[("learned", "pointnet")]["canonicalizer_overhead"] > 0
+    )
+    assert all(t["clouds_per_s"] > 0 for t in tp.values())
+
+
+def test_trained_canonicalized_models_are_invariant(quick: tuple[ShapesBenchConfig, dict]) -> None:
+    cfg, payload = quick
+    pos = torch.randn(4, cfg.points, 3)
+    errors = {}
+    for path in sorted(Path(cfg.run_dir).glob("*/model.pt")):
+        model, meta = checkpoint.load(path)
+        group = "O3" if meta["method"] == "learned-o3" else "SO3"
+        errors[(meta["method"], meta["backbone"])] = equivariance_error(
+            model, pos, group=group, output="invariant", trials=2, seed=1
+        )
+    assert {m for m, _ in errors} == {"plain", *INVARIANT_METHODS}
+    invariant = [e for (m, _), e in errors.items() if m in INVARIANT_METHODS]
+    assert max(invariant) < 1e-4, errors
+    # the check can fail: the plain backbone is not invariant
+    assert min(e for (m, _), e in errors.items() if m == "plain") > 100 * max(invariant), errors
+    # rows carry the same measurement, taken on the test clouds
+    for r in payload["results"]:
+        assert (r["invariance_error"] < 1e-4) == (r["method"] in INVARIANT_METHODS), r
+
+
+def test_best_checkpoint_and_figures(quick: tuple[ShapesBenchConfig, dict]) -> None:
+    cfg, payload = quick
+    assert payload["checkpoint"] == cfg.checkpoint
+    model, meta = checkpoint.load(cfg.checkpoint)
+    assert meta["method"].startswith("learned") and meta["backbone"] == "pointnet" and len(meta["classes"]) == 14
+    assert model(torch.randn(2, cfg.points, 3)).shape == (2, 14)
+    results = Path(cfg.results)
+    for suffix in ("_gallery.png", "_confusion.png"):
+        png = results.with_name(results.name + suffix)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.name in payload["figures"].values()
+
+
+def _write_npy_layout(root: Path, classes: list[str], per_class: int, points: int) -> None:
+    root.mkdir(parents=True)
+    (root / "modelnet10_shape_names.txt").write_text("\n".join(MODELNET10_CLASSES) + "\n")
+    g = np.random.default_rng(0)
+    for name in classes:
+        folder = root / "ModelNet40" / name / "test"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            cloud = g.normal(size=(points, 3)) * np.array([1.0, 0.6, 0.3])
+            cloud -= cloud.mean(0)
+            cloud /= np.linalg.norm(cloud, axis=1).max()
+            np.save(folder / f"{name}_{i:04d}.npy", cloud.astype(np.float32))
+
+
+def test_evaluate_command_on_npy_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data_dir, points = tmp_path / "data", 32
+    present = ["bed", "chair", "toilet"]
+    _write_npy_layout(data_dir, present, per_class=3, points=points)
+    cfg = replace(load_config(ShapesBenchConfig, QUICK_CONFIG), points=points)
+    torch.manual_seed(0)
+    model = checkpoint.build(model_spec("learned", "pointnet", cfg, len(MODELNET10_CLASSES))).eval()
+    ckpt = checkpoint.save(
+        tmp_path / "m.pt", model, meta={"dataset": "modelnet10", "classes": list(MODELNET10_CLASSES), "points": points}
+    )
+
+    # expected: the model on the clouds exactly as stored, labels = index in modelnet10_shape_names.txt
+    files = sorted(data_dir.glob("ModelNet40/*/test/*.npy"))
+    pos = torch.from_numpy(np.stack([np.load(f) for f in files]))
+    label = torch.tensor([MODELNET10_CLASSES.index(f.parent.parent.name) for f in files])
+    with torch.no_grad():
+        pred = model(pos).argmax(-1)
+    expected = scores(pred, label, len(MODELNET10_CLASSES))
+
+    answers = {}
+    for rotate in ("none", "so3"):
+        code = cli_main(
+            ["bench", "shapes", "--evaluate", str(ckpt), "--data-dir", str(data_dir), "--rotate", rotate, "--seed", "3"]
+        )
+        assert code == 0
+        answers[rotate] = json.loads(capsys.readouterr().out)
+    got = answers["none"]
+    assert got["n"] == 9 and got["dataset"] == "modelnet10" and got["points"] == points
+    assert math.isclose(got["accuracy"], expected["accuracy"]) and math.isclose(
+        got["mean_class_accuracy"], expected["mean_class_accuracy"]
+    )
+    assert answers["so3"]["accuracy"] == got["accuracy"]  # an invariant model does not care
+
+    assert cli_main(["bench", "shapes", "--evaluate", str(ckpt)]) == 2  # no --data-dir
+    assert "--data-dir" in capsys.readouterr().err
+    wrong = checkpoint.save(
+        tmp_path / "w.pt", model, meta={"dataset": "modelnet10", "classes": ["a", "b"], "points": points}
+    )
+    assert cli_main(["bench", "shapes", "--evaluate", str(wrong), "--data-dir", str(data_dir)]) == 2
+    assert "trained on classes" in capsys.readouterr().err
+
+
+def test_rotations_are_seeded_and_of_the_right_kind() -> None:
+    pos = torch.randn(5, 20, 3)
+    z = rotate_clouds(pos, "z", 7)
+    assert torch.equal(z, rotate_clouds(pos, "z", 7)) and not torch.allclose(z, rotate_clouds(pos, "z", 8))
+    torch.testing.assert_close(z[..., 2], pos[..., 2])  # about the up axis: heights unchanged
+    assert not torch.allclose(z[..., :2], pos[..., :2])
+    assert torch.equal(rotate_clouds(pos, "none", 7), pos)
+    q = random_rotations("SO3", 50, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(q @ q.transpose(1, 2), torch.eye(3).expand(50, 3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(q), torch.ones(50), atol=1e-5, rtol=0)
+    assert (q[:, 2, 2].abs() < 0.9).any()  # not only rotations about z
+    with pytest.raises(ValueError, match="rotation must be one of"):
+        random_rotations("xyz", 2)
+
+
+def test_scores_and_config_validation() -> None:
+    s = scores(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1]), 3)
+    assert s["accuracy"] == 50.0 and s["mean_class_accuracy"] == pytest.approx(100 * (1 + 1 / 3) / 2)
+    assert s["confusion"].tolist() == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
+    with pytest.raises(ValueError, match="unknown shape-benchmark methods"):
+        ShapesBenchConfig(methods=["learned", "vn"])
+    with pytest.raises(ValueError, match="budgets.dgcnn: unknown keys"):
+        ShapesBenchConfig(budgets={"dgcnn": {"epochs": 3}})
+    with pytest.raises(ValueError, match="canon_group"):
+        ShapesBenchConfig(canon_group="SE3")
+
+
+def test_overhead_benchmark_schema(tmp_path: Path) -> None:
+    payload = canonicalizer_overhead(
+        settings=({"num_points": 16, "hidden_mul": 2}, {"k": 4, "layers": 1, "hidden_mul": 2}),
+        batch_size=2,
+        points=48,
+        num_classes=4,
+        repeats=1,
+        results=tmp_path / "overhead",
+    )
+    rows = payload["results"]
+    assert [r["default"] for r in rows] == [False, False]
+    assert (rows[0]["num_points"], rows[0]["k"], rows[0]["hidden_mul"], rows[0]["layers"]) == (
+        16,
+        12,
+        2,
+        2,
+    )  # defaults filled in
+    assert (rows[1]["num_points"], rows[1]["k"], rows[1]["layers"]) == (128, 4, 1)
+    for r in rows:
+        assert r["overhead"] == pytest.approx(r["canonicalizer_ms"] / r["pointnet_ms"]) and r["meets_target"] == (
+            r["overhead"] <= 0.3
+        )
+    assert (
+        len(payload["load_average_before"]) == 3
+        and json.loads((tmp_path / "overhead.json").read_text())["target"] == 0.3
+    )
