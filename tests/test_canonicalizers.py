@@ -207,3 +207,20 @@ def test_padding_nan_is_ignored_but_real_nan_is_reported():
 def test_too_few_hidden_channels_is_rejected():
     with pytest.raises(ValueError, match="hidden_mul"):
         E3nnCanonicalizer(group="E3", hidden_mul=2, translation="learned")
+
+
+@pytest.mark.parametrize("group", ["SO3", "SE3"])
+def test_pseudovector_outputs_rotation_exact_and_nonzero_on_centrally_symmetric_clouds(group, dtype):
+    canon = E3nnCanonicalizer(group=group, hidden_mul=4, k=6, num_points=None, pseudovector_outputs=True)
+    half = torch.randn(3, 20, 3) * torch.tensor([3.0, 2.0, 1.0])
+    pos = torch.cat([half, -half], 1)  # exactly centrally symmetric
+    _assert_equivariant_frame(canon, pos, group, tolerance(dtype))
+    vec = canon.network(pos)  # no subsampling: the graph keeps the central symmetry
+    assert vec.norm(dim=-1).min() > 1e-3 * pos.norm(dim=-1).mean()
+    plain = E3nnCanonicalizer(group=group, hidden_mul=4, k=6, num_points=None)  # O(3)-equivariant 1o outputs vanish: f(-x) = -f(x)
+    assert plain.network(pos).norm(dim=-1).max() < 1e-5 * pos.norm(dim=-1).mean()
+
+
+def test_pseudovector_outputs_rejected_for_reflection_groups():
+    with pytest.raises(ValueError, match="reflection"):
+        E3nnCanonicalizer(group="O3", pseudovector_outputs=True)

@@ -130,6 +130,7 @@ class ShapesBenchConfig:
     canon_lmax: int = 2
     canon_k: int = 12
     canon_num_points: int | None = 128
+    canon_pseudovectors: bool = False  # SO3 only: 1e output channels (see EquivariantVectorNetwork)
     # optimisation
     max_epochs: int = 30
     batch_size: int = 32
@@ -263,6 +264,7 @@ def model_spec(method: str, backbone: str, cfg: ShapesBenchConfig, num_classes: 
                 "lmax": cfg.canon_lmax,
                 "k": cfg.canon_k,
                 "num_points": cfg.canon_num_points,
+                **({"pseudovector_outputs": True} if cfg.canon_pseudovectors and method == "learned" else {}),
             },
         }
     return {"name": "canonicalized", "config": {"backbone": net, "canonicalizer": canon, "output": "invariant"}}

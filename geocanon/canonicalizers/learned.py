@@ -33,6 +33,9 @@ class E3nnCanonicalizer(Canonicalizer):
         num_scalar_features: per-point ``0e`` inputs (charges, atom types...).
         num_vector_features: per-point ``1o`` inputs (velocities, normals...).
         translation: "centroid" or "learned" (SE3/E3 only).
+        pseudovector_outputs: SO3/SE3 only: let the network add pseudovector (``1e``) channels to
+            its outputs (see :class:`~geocanon.nn.EquivariantVectorNetwork`); frames of nearly centrally
+            symmetric clouds no longer vanish, and mirror images no longer get mirrored frames.
         **network: forwarded to :class:`~geocanon.nn.EquivariantVectorNetwork`
             (hidden_mul, layers, lmax, k, num_points, ...).
     """
@@ -43,9 +46,12 @@ class E3nnCanonicalizer(Canonicalizer):
         num_scalar_features: int = 0,
         num_vector_features: int = 0,
         translation: Literal["centroid", "learned"] = "centroid",
+        pseudovector_outputs: bool = False,
         **network: Any,
     ) -> None:
         super().__init__(group)
+        if pseudovector_outputs and has_reflections(group):
+            raise ValueError(f"pseudovector_outputs breaks reflection equivariance: not allowed for group {group}")
         if translation not in ("centroid", "learned"):
             raise ValueError(f"translation must be 'centroid' or 'learned', got {translation!r}")
         if translation == "learned" and not has_translations(group):
@@ -59,10 +65,15 @@ class E3nnCanonicalizer(Canonicalizer):
             num_scalar_features=num_scalar_features,
             num_vector_features=num_vector_features,
             translation=translation,
+            pseudovector_outputs=pseudovector_outputs,
             **network,
         )
         self.network = EquivariantVectorNetwork(
-            self.num_axes + (translation == "learned"), num_scalar_features, num_vector_features, **network
+            self.num_axes + (translation == "learned"),
+            num_scalar_features,
+            num_vector_features,
+            pseudovector_outputs=pseudovector_outputs,
+            **network,
         )
 
     def frame(self, pos: Tensor, mask: Tensor, scalars: Tensor | None, vectors: Tensor | None) -> Frame:

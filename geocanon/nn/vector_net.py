@@ -84,6 +84,11 @@ class EquivariantVectorNetwork(nn.Module):
         num_points: subsample clouds larger than this by farthest-point sampling (None: never).
         num_basis: radial basis functions on normalised edge lengths in [0, max_radius].
         max_radius: edge lengths are in units of the cloud's RMS radius.
+        pseudovector_outputs: add a ``1e`` (pseudovector) readout to each ``1o`` output. The sum
+            rotates like a vector but is no longer odd under inversion, so the network is SO(3)- but
+            not O(3)-equivariant. Why: an O(3)-equivariant ``1o`` output obeys f(-x) = -f(x), so on
+            (nearly) centrally symmetric clouds (boxes, cylinders, tables) it is (nearly) zero and the
+            frame is noise. Only for SO3/SE3 canonicalizers.
 
     Shapes (dense): ``pos`` [B, N, 3], ``mask`` [B, N], ``scalars`` [B, N, S], ``vectors`` [B, N, V, 3].
     Shapes (flat):  ``pos`` [M, 3], ``batch`` [M], ``scalars`` [M, S], ``vectors`` [M, V, 3].
@@ -103,6 +108,7 @@ class EquivariantVectorNetwork(nn.Module):
         num_basis: int = 8,
         max_radius: float = 2.5,
         radial_hidden: int = 32,
+        pseudovector_outputs: bool = False,
     ) -> None:
         super().__init__()
         if hidden_mul < num_vectors:
@@ -125,7 +131,8 @@ class EquivariantVectorNetwork(nn.Module):
             convs.append(conv)
             irreps = conv.irreps_out
         self.convolutions = nn.ModuleList(convs)
-        self.irreps_out = o3.Irreps(f"{num_vectors}x1o")
+        self.pseudovector_outputs = pseudovector_outputs
+        self.irreps_out = o3.Irreps(f"{num_vectors}x1o" + (f" + {num_vectors}x1e" if pseudovector_outputs else ""))
         self.readout = o3.Linear(irreps, self.irreps_out)
 
     def forward(
@@ -176,8 +183,9 @@ class EquivariantVectorNetwork(nn.Module):
         ) * self.num_basis**0.5
         for conv in self.convolutions:
             flat_x = conv(flat_x, edge_index, edge_sh, edge_basis)
-        out = scatter(self.readout(flat_x), flat_batch, dim=0, dim_size=b, reduce="mean")  # [B, V*3]
-        return out.view(b, self.num_vectors, 3) * radius[:, None, None]
+        out = scatter(self.readout(flat_x), flat_batch, dim=0, dim_size=b, reduce="mean")  # [B, V*3 (x2)]
+        out = out.view(b, -1, self.num_vectors, 3).sum(1)  # 1o (+ 1e) channels of each output vector
+        return out * radius[:, None, None]
 
     @staticmethod
     def _checked(x: Tensor | None, shape: tuple[int, ...], name: str) -> Tensor:
