@@ -135,8 +135,12 @@ def fit(
         _load_weights(task, result.best_checkpoint)
         return result
     L.seed_everything(config.seed, workers=True, verbose=False)
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
-    callbacks: list[L.Callback] = [best]
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min")
+    # Lightning's save_last only writes when the monitored metric improves: a second callback keeps the latest epoch
+    latest = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+    )
+    callbacks: list[L.Callback] = [best, latest]
     if config.patience is not None:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=config.patience))
     if config.progress:
