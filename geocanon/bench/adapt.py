@@ -48,7 +48,7 @@ from ..prior import CanonicalizationPrior, fraction_within, mean_angle_to_identi
 from ..testing import equivariance_error
 from ..wrap import Canonicalized
 from .common import count_parameters
-from .harness import TrainConfig, fit
+from .harness import HardwareSettings, TrainConfig, fit
 from .results import markdown_table, provenance, write_results
 from .shapes import ShapesBenchConfig, ShapesObjective, classify, load_data, model_spec, random_rotations, rotate_clouds
 
@@ -215,7 +215,7 @@ def finetune(
 
 
 @dataclass
-class AdaptBenchConfig:
+class AdaptBenchConfig(HardwareSettings):
     """Everything an adaptation run depends on (YAML keys of ``benchmarks/adapt_*.yaml``).
 
     ``runs``: the adaptations, each ``{"prior": "none"|"identity"|"axis", "beta": float, "finetune": bool}``;
@@ -264,12 +264,6 @@ class AdaptBenchConfig:
     # outputs
     run_dir: str = "runs/adapt/synthetic"
     results: str | None = "benchmarks/results/adapt_synthetic"
-    # hardware pass-through
-    accelerator: str = "cpu"
-    devices: Any = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.pretrain_rotation not in ("none", "z"):

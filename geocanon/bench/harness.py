@@ -30,6 +30,17 @@ Objective = Callable[[nn.Module, Any, str], dict[str, Tensor]]
 
 
 @dataclass
+class HardwareSettings:
+    """Lightning pass-through fields every benchmark config inherits (YAML keys of the same names)."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    progress: bool = True
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and hardware settings shared by all benchmarks."""
 

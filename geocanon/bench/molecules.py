@@ -35,7 +35,7 @@ from ..data.molecules import MoleculeDataset, one_hot_species, read_molecules
 from ..frames import geodesic_angle, random_group_element
 from ..testing import equivariance_error
 from .common import count_parameters, mean_std, time_per_call
-from .harness import fit, train_config
+from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
 
 __all__ = [
@@ -54,7 +54,7 @@ METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonical
 
 
 @dataclass
-class MoleculesBenchConfig:
+class MoleculesBenchConfig(HardwareSettings):
     """Everything a run depends on (YAML keys of ``benchmarks/molecules*.yaml``)."""
 
     molecule: str = "ethanol"
@@ -95,12 +95,6 @@ class MoleculesBenchConfig:
     results: str = "benchmarks/results/molecules"
     checkpoint_dir: str = "benchmarks/checkpoints"
     label: str = "full"
-    # hardware pass-through
-    accelerator: str = "cpu"
-    devices: Any = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    progress: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.methods) - set(METHODS)

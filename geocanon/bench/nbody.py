@@ -30,7 +30,7 @@ from ..data.nbody import NBodyConfig, NBodyDataset, load_nbody
 from ..frames import random_group_element
 from ..testing import equivariance_error, transform_inputs
 from .common import count_parameters, mean_std, time_per_call
-from .harness import fit, train_config
+from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
 
 __all__ = ["NBodyBenchConfig", "METHODS", "PUBLISHED", "model_spec", "NBodyObjective", "run", "evaluate_checkpoint"]
@@ -52,7 +52,7 @@ PUBLISHED = {
 
 
 @dataclass
-class NBodyBenchConfig:
+class NBodyBenchConfig(HardwareSettings):
     """Everything a run of the benchmark depends on (YAML keys of ``benchmarks/nbody*.yaml``)."""
 
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -86,12 +86,6 @@ class NBodyBenchConfig:
     results: str = "benchmarks/results/nbody"
     checkpoint: str = "benchmarks/checkpoints/nbody_canonicalized.pt"
     label: str = "full"
-    # hardware pass-through
-    accelerator: str = "cpu"
-    devices: Any = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    progress: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.methods) - set(METHODS)

@@ -47,7 +47,7 @@ from ..frames import random_rotation
 from ..testing import equivariance_error
 from ..wrap import Canonicalized
 from .common import count_parameters, time_alternating
-from .harness import fit, train_config
+from .harness import HardwareSettings, fit, train_config
 from .results import RESULTS_DIR, hardware, markdown_table, provenance, write_results
 
 __all__ = [
@@ -102,7 +102,7 @@ OVERHEAD_SETTINGS: tuple[dict[str, int], ...] = (
 
 
 @dataclass
-class ShapesBenchConfig:
+class ShapesBenchConfig(HardwareSettings):
     """Everything a run of the benchmark depends on (YAML keys of ``benchmarks/shapes_*.yaml``, ``modelnet*.yaml``)."""
 
     dataset: str = "synthetic"
@@ -153,12 +153,6 @@ class ShapesBenchConfig:
     results: str = "benchmarks/results/shapes_synthetic"
     checkpoint: str | None = "benchmarks/checkpoints/shapes_synthetic_learned_pointnet.pt"
     label: str = "synthetic"
-    # hardware pass-through
-    accelerator: str = "cpu"
-    devices: Any = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    progress: bool = True
 
     def __post_init__(self) -> None:
         for name, values, known in (
