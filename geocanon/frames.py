@@ -21,6 +21,7 @@ __all__ = [
     "GROUPS",
     "Frame",
     "gram_schmidt",
+    "orthogonal_iteration",
     "DegenerateFrameError",
     "random_rotation",
     "random_translation",
@@ -217,6 +218,50 @@ def gram_schmidt(vectors: Tensor, group: Group = "SO3", eps: float | None = None
         normal = torch.where(triple < 0, -normal, normal)
     axes.append(normal)
     return torch.stack(axes, dim=-1)
+
+
+def orthogonal_iteration(matrix: Tensor, vectors: Tensor, steps: int) -> Tensor:
+    """Pull vectors towards the leading eigenvectors of a symmetric matrix, smoothly and equivariantly.
+
+    ``steps`` rounds of orthogonal (block power) iteration: multiply every vector by ``matrix``, then
+    orthonormalise them in order (each loses its components along the earlier ones). The k-th vector
+    converges to ± the k-th eigenvector (by decreasing eigenvalue) at the rate
+    ``(λ_{k+1}/λ_k)^steps``, with its **sign taken from the starting vector**, so the result stays a
+    continuous function of the inputs where two eigenvalues are (nearly) equal — where the
+    eigenvectors themselves (PCA) jump. Equivariant: ``Q M Qᵀ`` and ``v Qᵀ`` give ``result Qᵀ`` for
+    any orthogonal Q (rotations and reflections).
+
+    Why by hand: ``torch.linalg.eigh`` returns eigenvectors with arbitrary signs and discontinuous
+    order; neither e3nn nor PyG has a sign-preserving, differentiable power iteration.
+
+    Args:
+        matrix: [B, 3, 3] symmetric positive semi-definite (e.g. a covariance).
+        vectors: [B, k, 3] starting vectors (rows), k <= 3.
+        steps: number of iterations (0 returns ``vectors`` unchanged).
+
+    Returns:
+        [B, k, 3] orthonormal rows; a vector that vanishes (zero start, or orthogonal to the
+        matrix's range) stays exactly zero, and :func:`gram_schmidt` then reports the degeneracy.
+    """
+    if matrix.ndim != 3 or matrix.shape[1:] != (3, 3):
+        raise ValueError(f"orthogonal_iteration needs matrices of shape [B, 3, 3], got {list(matrix.shape)}")
+    if vectors.ndim != 3 or vectors.shape[0] != matrix.shape[0] or vectors.shape[2] != 3 or vectors.shape[1] > 3:
+        raise ValueError(f"orthogonal_iteration needs vectors of shape [{matrix.shape[0]}, k<=3, 3], got {list(vectors.shape)}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    tiny = torch.finfo(vectors.dtype).tiny
+    # normalise by the trace so that repeated products neither overflow nor underflow
+    matrix = matrix / matrix.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(tiny)[:, None, None]
+    for _ in range(steps):
+        product = vectors @ matrix  # rows times a symmetric matrix
+        rows: list[Tensor] = []
+        for i in range(product.shape[1]):
+            v = product[:, i]
+            for e in rows:
+                v = v - (v * e).sum(-1, keepdim=True) * e
+            rows.append(v / v.norm(dim=-1, keepdim=True).clamp_min(tiny))
+        vectors = torch.stack(rows, dim=1)
+    return vectors
 
 
 def random_rotation(

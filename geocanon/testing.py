@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from .frames import Frame, Group, random_group_element
+from .frames import Frame, Group, geodesic_angle, random_group_element
 from .wrap import OutputType, map_back
 
-__all__ = ["equivariance_error", "assert_equivariant", "transform_inputs"]
+__all__ = ["equivariance_error", "assert_equivariant", "frame_sensitivity", "transform_inputs"]
 
 
 def transform_inputs(
@@ -98,3 +98,33 @@ def assert_equivariant(model: Callable[..., Tensor], pos: Tensor, tol: float | N
     if not err <= tol:
         raise AssertionError(f"equivariance error {err:.3g} exceeds tolerance {tol:g}")
     return err
+
+
+def frame_sensitivity(
+    canonicalizer: Callable[..., Frame],
+    pos: Tensor,
+    noise: float = 0.01,
+    mask: Tensor | None = None,
+    seed: int = 0,
+    **features: Tensor,
+) -> Tensor:
+    """How far each cloud's frame turns when its points move a little: [B] angles in degrees.
+
+    Equivariance says nothing about continuity: a frame can be exactly equivariant and still jump
+    for a tiny perturbation (PCA where variances tie, a learned frame whose subsampling or k-NN graph
+    switches). A backbone then sees unrelated canonical clouds for near-identical inputs. This adds
+    N(0, noise²) to every real point (same units as ``pos``; features unchanged) and returns the
+    geodesic angle between the frames before and after, without gradients.
+
+    Args:
+        canonicalizer: called as ``canonicalizer(pos, mask=mask, **features)`` and returning a Frame.
+        pos: [B, N, 3]; mask: optional [B, N]; features: e.g. ``scalars=`` [B, N, S], ``vectors=`` [B, N, V, 3].
+    """
+    generator = torch.Generator(device=pos.device).manual_seed(seed)
+    jitter = noise * torch.randn(pos.shape, generator=generator, dtype=pos.dtype, device=pos.device)
+    if mask is not None:
+        jitter = jitter * mask[..., None].to(pos.dtype)
+    with torch.no_grad():
+        before = canonicalizer(pos, mask=mask, **features).rotation
+        after = canonicalizer(pos + jitter, mask=mask, **features).rotation
+    return torch.rad2deg(geodesic_angle(before, after))

@@ -8,6 +8,7 @@ import torch
 from geocanon import E3nnCanonicalizer, Frame, IdentityCanonicalizer, PCACanonicalizer, random_group_element
 from geocanon.canonicalizers.frame_averaging import pca_frames
 from geocanon.frames import has_reflections, has_translations
+from geocanon.testing import frame_sensitivity
 
 from .conftest import tolerance
 
@@ -43,12 +44,27 @@ def _assert_equivariant_frame(canon, pos: torch.Tensor, group: str, tol: float, 
         assert (f.translation == 0).all()
 
 
+@pytest.mark.parametrize("refinement", [{}, {"power_iterations": 4}, {"power_iterations": 4, "signs": "third-moment"}],
+                         ids=["raw", "power", "power+moment-signs"])
 @pytest.mark.parametrize("group", GROUPS)
-def test_learned_frame_is_equivariant(group, dtype):
-    canon = _small_learned(group)
+def test_learned_frame_is_equivariant(group, refinement, dtype):
+    canon = _small_learned(group, **refinement)
     pos = torch.randn(5, 40, 3) * 2 + 3
     _assert_equivariant_frame(canon, pos, group, tolerance(dtype))
     assert canon(pos).rotation.shape == (5, 3, 3) and canon(pos).translation.shape == (5, 3)
+
+
+def test_power_iterations_pull_learned_axes_to_principal_axes():
+    torch.manual_seed(0)
+    pos = torch.randn(6, 200, 3) * torch.tensor([3.0, 1.5, 0.5])  # well separated variances
+    pos = pos @ random_group_element("SO3", 6).rotation.transpose(1, 2)
+    raw = _small_learned("SO3")(pos).rotation
+    refined = _small_learned("SO3", power_iterations=30)
+    pca = PCACanonicalizer("SO3")(pos).rotation
+    cos = (refined(pos).rotation * pca).sum(1).abs()  # |cos| between matching axes
+    assert (cos > 1 - 1e-4).all()
+    cos_raw = (raw * pca).sum(1).abs()
+    assert (cos_raw[:, 0] < 0.99).any()  # the unrefined network's axes are not the principal axes
 
 
 @pytest.mark.parametrize("group", ["SE3", "E3"])
@@ -107,11 +123,12 @@ def test_so3_canonicalizer_sees_chirality():
         assert _rel(cm, c) < 1e-4
 
 
+@pytest.mark.parametrize("power_iterations", [0, 3])
 @pytest.mark.parametrize("group", ["SE3", "O3"])
-def test_dense_flat_and_masked_layouts_agree(group):
+def test_dense_flat_and_masked_layouts_agree(group, power_iterations):
     torch.set_default_dtype(torch.float64)
     try:
-        canon = _small_learned(group, num_scalar_features=1)
+        canon = _small_learned(group, num_scalar_features=1, power_iterations=power_iterations)
         sizes = [7, 12, 20]
         clouds = [torch.randn(n, 3) for n in sizes]
         feats = [torch.randn(n, 1) for n in sizes]
@@ -224,3 +241,46 @@ def test_pseudovector_outputs_rotation_exact_and_nonzero_on_centrally_symmetric_
 def test_pseudovector_outputs_rejected_for_reflection_groups():
     with pytest.raises(ValueError, match="reflection"):
         E3nnCanonicalizer(group="O3", pseudovector_outputs=True)
+
+
+def test_frame_sensitivity_measures_frame_jumps():
+    torch.manual_seed(0)
+    stretched = torch.randn(4, 300, 3) * torch.tensor([3.0, 1.5, 0.5])
+    assert frame_sensitivity(IdentityCanonicalizer("SO3"), stretched).abs().max() < 1e-3
+    assert frame_sensitivity(PCACanonicalizer("SO3"), stretched, noise=1e-3).max() < 1.0  # separated variances: smooth
+    # a cube's corners tie all three variances: the PCA frame jumps for a tiny jitter
+    cube = torch.tensor([[x, y, z] for x in (-1.0, 1.0) for y in (-1.0, 1.0) for z in (-1.0, 1.0)])
+    assert frame_sensitivity(PCACanonicalizer("SO3"), cube.expand(4, 8, 3), noise=1e-4).median() > 10.0
+    mask = torch.ones(4, 300, dtype=torch.bool)
+    mask[:, 250:] = False
+    padded = stretched.clone()
+    padded[:, 250:] = 1e6  # padding must neither move nor count
+    turns = frame_sensitivity(PCACanonicalizer("SO3"), padded, noise=1e-3, mask=mask)
+    assert turns.shape == (4,) and turns.max() < 1.0
+
+
+def test_power_iterations_make_the_learned_axes_stable_under_point_noise():
+    """The axes (as lines) stop jumping; their signs still come from the network and may flip."""
+    torch.manual_seed(0)
+    pos = torch.randn(16, 256, 3) * torch.tensor([2.0, 1.0, 0.5])
+    noisy = pos + 0.02 * torch.randn_like(pos)
+
+    def worst_line_cos(canon) -> torch.Tensor:  # [B] smallest |cos| between matching axes before/after
+        with torch.no_grad():
+            return (canon(pos).rotation * canon(noisy).rotation).sum(1).abs().amin(-1)
+
+    assert worst_line_cos(_small_learned("SO3")).median() < 0.9
+    assert worst_line_cos(_small_learned("SO3", power_iterations=30)).min() > 0.999
+
+
+def test_third_moment_signs_make_refined_frames_match_pca_on_skewed_clouds():
+    torch.manual_seed(0)
+    pos = torch.randn(6, 300, 3).abs() * torch.tensor([3.0, 1.5, 0.5])  # skewed along every axis
+    pos = pos @ random_group_element("SO3", 6).rotation.transpose(1, 2)
+    canon = _small_learned("SO3", power_iterations=40, signs="third-moment")
+    with torch.no_grad():
+        assert _rel(canon(pos).rotation, PCACanonicalizer("SO3")(pos).rotation) < 1e-4
+    with pytest.raises(ValueError, match="power_iterations"):
+        _small_learned("SO3", signs="third-moment")
+    with pytest.raises(ValueError, match="signs"):
+        _small_learned("SO3", power_iterations=2, signs="coin")

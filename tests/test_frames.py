@@ -14,6 +14,7 @@ from geocanon.frames import (
     Frame,
     geodesic_angle,
     gram_schmidt,
+    orthogonal_iteration,
     random_group_element,
     random_rotation,
 )
@@ -175,3 +176,61 @@ def test_gram_schmidt_rejects_bad_input():
         gram_schmidt(torch.tensor([[[float("nan"), 0, 0], [0, 1, 0]]]), "SO3")
     with pytest.raises(ValueError, match="group"):
         gram_schmidt(torch.randn(4, 2, 3), "SO2")
+
+
+def _spd(eigenvalues: list[float], q: torch.Tensor) -> torch.Tensor:
+    """[B, 3, 3] symmetric matrices with the given eigenvalues and eigenvectors the columns of q."""
+    return q @ torch.diag(torch.tensor(eigenvalues, dtype=q.dtype)) @ q.transpose(1, 2)
+
+
+def test_orthogonal_iteration_converges_to_eigenvectors_with_the_start_signs():
+    q = random_rotation(8, dtype=torch.float64)
+    m = _spd([3.0, 1.0, 0.2], q)
+    start = torch.randn(8, 3, 3, dtype=torch.float64)
+    out = orthogonal_iteration(m, start, 60)
+    eig = q.transpose(1, 2)  # rows = eigenvectors by decreasing eigenvalue
+    signs = torch.sign((start[:, 0] * eig[:, 0]).sum(-1))
+    assert torch.allclose(out[:, 0], signs[:, None] * eig[:, 0], atol=1e-10)
+    assert torch.allclose((out * eig).sum(-1).abs(), torch.ones(8, 3, dtype=torch.float64), atol=1e-10)
+    assert torch.equal(orthogonal_iteration(m, start, 0), start)
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_orthogonal_iteration_is_equivariant(steps, dtype):
+    m = _spd([2.0, 1.5, 0.5], random_rotation(16, dtype=dtype))
+    v = torch.randn(16, 2, 3, dtype=dtype)
+    q = random_rotation(16, reflections=True, dtype=dtype)
+    out = orthogonal_iteration(m, v, steps)
+    moved = orthogonal_iteration(q @ m @ q.transpose(1, 2), v @ q.transpose(1, 2), steps)
+    assert (moved - out @ q.transpose(1, 2)).abs().max() < 10 * tolerance(dtype)
+
+
+def test_orthogonal_iteration_is_continuous_where_eigenvectors_jump():
+    """Two nearly equal eigenvalues: eigh's leading axis swaps, the iterated vector barely moves."""
+    eye = torch.eye(3, dtype=torch.float64)[None]
+    start = torch.tensor([[[1.0, 0.7, 0.2]]], dtype=torch.float64)
+    before, after = _spd([1.0 + 1e-6, 1.0, 0.1], eye), _spd([1.0, 1.0 + 1e-6, 0.1], eye)
+    lead = [torch.linalg.eigh(m)[1][0, :, -1].abs() for m in (before, after)]
+    assert (lead[0] - lead[1]).norm() > 1.0  # PCA's axis jumps by 90 degrees
+    smooth = [orthogonal_iteration(m, start, 8)[0, 0] for m in (before, after)]
+    assert (smooth[0] - smooth[1]).norm() < 1e-4
+
+
+def test_orthogonal_iteration_keeps_zero_vectors_zero_and_gram_schmidt_reports_them():
+    m = _spd([2.0, 1.0, 0.5], random_rotation(2, dtype=torch.float64))
+    v = torch.randn(2, 2, 3, dtype=torch.float64)
+    v[1, 0] = 0.0
+    out = orthogonal_iteration(m, v, 3)
+    assert torch.isfinite(out).all() and (out[1, 0] == 0).all()
+    with pytest.raises(DegenerateFrameError, match=r"cloud\(s\) \[1\]"):
+        gram_schmidt(out, "SO3")
+
+
+def test_orthogonal_iteration_rejects_bad_input():
+    m = torch.eye(3)[None]
+    with pytest.raises(ValueError, match="matrices"):
+        orthogonal_iteration(torch.eye(3), torch.randn(1, 2, 3), 1)
+    with pytest.raises(ValueError, match="vectors"):
+        orthogonal_iteration(m, torch.randn(1, 4, 3), 1)
+    with pytest.raises(ValueError, match="steps"):
+        orthogonal_iteration(m, torch.randn(1, 2, 3), -1)

@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader
 from .. import checkpoint
 from ..canonicalizers.learned import E3nnCanonicalizer
 from ..data.molecules import MoleculeDataset, one_hot_species, read_molecules
-from ..frames import geodesic_angle, random_group_element
+from ..frames import random_group_element
+from .. import testing
 from ..testing import equivariance_error
 from .common import count_parameters, mean_std, time_per_call
 from .harness import HardwareSettings, fit, train_config
@@ -236,11 +237,7 @@ def frame_sensitivity(model: nn.Module, data: MoleculeDataset, jitter: float = 0
     if not isinstance(canon, E3nnCanonicalizer):
         return None
     species = one_hot_species(data.numbers, model.species, data.pos.dtype)
-    noise = jitter * torch.randn(data.pos.shape, generator=torch.Generator().manual_seed(seed), dtype=data.pos.dtype)
-    with torch.no_grad():
-        before = canon(data.pos, mask=data.mask, scalars=species).rotation
-        after = canon(data.pos + noise * data.mask[..., None], mask=data.mask, scalars=species).rotation
-    return torch.rad2deg(geodesic_angle(before, after))
+    return testing.frame_sensitivity(canon, data.pos, jitter, mask=data.mask, seed=seed, scalars=species)
 
 
 def pca_gap(data: MoleculeDataset) -> Tensor:

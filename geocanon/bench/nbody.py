@@ -73,6 +73,7 @@ class NBodyBenchConfig(HardwareSettings):
     canon_hidden_mul: int = 16
     canon_layers: int = 2
     canon_lmax: int = 2
+    canon_power_iterations: int = 0  # covariance refinement of the predicted axes (see E3nnCanonicalizer)
     # optimisation
     max_epochs: int = 1000
     batch_size: int = 100
@@ -121,6 +122,7 @@ def model_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
                 "lmax": cfg.canon_lmax,
                 "k": 16,
                 "num_points": None,
+                "power_iterations": cfg.canon_power_iterations,
             },
         }
     return {

@@ -18,7 +18,16 @@ from torch import Tensor
 from ..frames import Frame, Group, has_reflections
 from .base import Canonicalizer
 
-__all__ = ["PCACanonicalizer", "principal_axes"]
+__all__ = ["PCACanonicalizer", "covariance", "principal_axes"]
+
+
+def covariance(pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Centroid [B, 3] and covariance [B, 3, 3] of each cloud (pos [B, N, 3], mask [B, N])."""
+    w = mask.to(pos.dtype)[..., None]
+    count = w.sum(1)
+    centroid = (pos * w).sum(1) / count
+    centred = (pos - centroid[:, None]) * w
+    return centroid, centred.transpose(1, 2) @ centred / count[..., None]
 
 
 def principal_axes(pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -31,11 +40,7 @@ def principal_axes(pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         centroid [B, 3], axes [B, 3, 3] (columns, by decreasing variance, signs arbitrary),
         variances [B, 3] (decreasing).
     """
-    w = mask.to(pos.dtype)[..., None]
-    count = w.sum(1)
-    centroid = (pos * w).sum(1) / count
-    centred = (pos - centroid[:, None]) * w
-    cov = centred.transpose(1, 2) @ centred / count[..., None]
+    centroid, cov = covariance(pos, mask)
     variances, axes = torch.linalg.eigh(cov)  # ascending
     return centroid, axes.flip(-1), variances.flip(-1)
 
