@@ -7,13 +7,14 @@ Put a canonicalizer in front of any point-cloud model to make it exactly invaria
     model = geocanon.Canonicalized(my_backbone, canon, output="invariant")
 """
 
-from .canonicalizers import Canonicalizer, E3nnCanonicalizer, IdentityCanonicalizer, PCACanonicalizer
+from .canonicalizers import Canonicalizer, E3nnCanonicalizer, IdentityCanonicalizer, OctahedralChoice, PCACanonicalizer
 from .frames import (
     GROUPS,
     DegenerateFrameError,
     Frame,
     geodesic_angle,
     gram_schmidt,
+    orthogonal_iteration,
     random_group_element,
     random_rotation,
     random_translation,
@@ -33,6 +34,7 @@ __all__ = [
     "Frame",
     "FrameAveraged",
     "IdentityCanonicalizer",
+    "OctahedralChoice",
     "PCACanonicalizer",
     "axis_prior",
     "fraction_within",
@@ -40,6 +42,7 @@ __all__ = [
     "gram_schmidt",
     "identity_prior",
     "mean_angle_to_identity",
+    "orthogonal_iteration",
     "random_group_element",
     "random_rotation",
     "random_translation",

@@ -45,7 +45,7 @@ REGISTRY: dict[str, str] = {
 }
 
 # composite models whose config holds nested specs
-_COMPOSITES = {"canonicalized", "frame_averaged"}
+_COMPOSITES = {"canonicalized", "frame_averaged", "octahedral_choice"}
 
 
 def _resolve(name: str) -> type[nn.Module]:
@@ -64,6 +64,10 @@ def build(spec: dict[str, Any]) -> nn.Module:
         from .wrap import Canonicalized
 
         module: nn.Module = Canonicalized(build(config.pop("backbone")), build(config.pop("canonicalizer")), **config)
+    elif name == "octahedral_choice":
+        from .canonicalizers.choice import OctahedralChoice
+
+        module = OctahedralChoice(build(config.pop("base")), **config)
     elif name == "frame_averaged":
         from .wrap import FrameAveraged
 

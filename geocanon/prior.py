@@ -11,6 +11,11 @@ The priors are squared Frobenius/Euclidean distances, averaged over the batch:
   (so the canonical "up" is the input "up") and leaves the rotation about u free — for data that
   are upright but freely rotated about u.
 
+A discrete form for :class:`~geocanon.canonicalizers.choice.OctahedralChoice`:
+:meth:`CanonicalizationPrior.choice_loss` is the cross-entropy between the head's logits over the
+candidate rotations ``P_k`` and the distribution ``softmax(−prior(R0 P_k)/τ)`` (one-hot on the
+candidate closest to the identity, or spread over the candidates that tie for the axis prior).
+
 Diagnostics: the geodesic angle ``θ_b = arccos((tr(R_b) − 1)/2)`` to the identity, its mean, and the
 fraction of frames with ``θ_b`` below a tolerance (10° by default).
 """
@@ -28,18 +33,28 @@ from .frames import geodesic_angle
 __all__ = ["identity_prior", "axis_prior", "CanonicalizationPrior", "fraction_within", "mean_angle_to_identity"]
 
 
-def identity_prior(rotation: Tensor, reference: Tensor | None = None) -> Tensor:
-    """``mean_b ‖R_b − R_ref‖_F²``: rotation [B, 3, 3], reference [3, 3] or [B, 3, 3] (default I) -> scalar."""
+def _identity_distance(rotation: Tensor, reference: Tensor | None = None) -> Tensor:
+    """``‖R − R_ref‖_F²`` per frame: rotation [..., 3, 3] -> [...]."""
     if reference is None:
         reference = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
-    return ((rotation - reference) ** 2).sum((-1, -2)).mean()
+    return ((rotation - reference) ** 2).sum((-1, -2))
+
+
+def _axis_distance(rotation: Tensor, axis: Tensor | tuple[float, float, float]) -> Tensor:
+    """``‖R u − u‖²`` per frame: rotation [..., 3, 3] -> [...]."""
+    u = torch.as_tensor(axis, dtype=rotation.dtype, device=rotation.device)
+    u = u / u.norm()
+    return ((rotation @ u - u) ** 2).sum(-1)
+
+
+def identity_prior(rotation: Tensor, reference: Tensor | None = None) -> Tensor:
+    """``mean_b ‖R_b − R_ref‖_F²``: rotation [B, 3, 3], reference [3, 3] or [B, 3, 3] (default I) -> scalar."""
+    return _identity_distance(rotation, reference).mean()
 
 
 def axis_prior(rotation: Tensor, axis: Tensor | tuple[float, float, float] = (0.0, 0.0, 1.0)) -> Tensor:
     """``mean_b ‖R_b u − u‖²`` for a unit axis u: rotation [B, 3, 3] -> scalar."""
-    u = torch.as_tensor(axis, dtype=rotation.dtype, device=rotation.device)
-    u = u / u.norm()
-    return ((rotation @ u - u) ** 2).sum(-1).mean()
+    return _axis_distance(rotation, axis).mean()
 
 
 class CanonicalizationPrior(nn.Module):
@@ -74,6 +89,29 @@ class CanonicalizationPrior(nn.Module):
         if self.kind == "axis":
             return self.beta * axis_prior(rotation, self.axis)
         return self.beta * identity_prior(rotation, self.reference)
+
+    def choice_loss(self, base_rotation: Tensor, logits: Tensor, candidates: Tensor, temperature: float = 0.1) -> Tensor:
+        """beta × cross-entropy of a candidate choice against the prior's preference (0 for kind="none").
+
+        Args:
+            base_rotation: [B, 3, 3] base frames R0 (no gradient flows into them from this loss).
+            logits: [B, K] the choice head's scores of the candidates.
+            candidates: [K, 3, 3] the rotations P_k (frames R0 P_k).
+            temperature: τ of the target ``softmax(−prior(R0 P_k)/τ)``; prior values are squared
+                distances in [0, 8] (identity) or [0, 4] (axis).
+        """
+        if self.kind == "none":
+            return logits.new_zeros(())
+        frames = base_rotation.detach()[:, None] @ candidates.to(base_rotation.dtype)  # [B, K, 3, 3]
+        if self.kind == "axis":
+            distance = _axis_distance(frames, self.axis)
+        else:
+            reference = self.reference
+            if reference is not None and reference.ndim == 3:  # one reference per frame
+                reference = reference[:, None]
+            distance = _identity_distance(frames, reference)
+        target = torch.softmax(-distance / temperature, dim=-1)
+        return self.beta * torch.nn.functional.cross_entropy(logits, target)
 
 
 def fraction_within(rotation: Tensor, degrees: float = 10.0, reference: Tensor | None = None) -> float:

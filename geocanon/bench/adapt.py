@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .. import checkpoint
 from ..canonicalizers.base import Canonicalizer
+from ..canonicalizers.choice import OctahedralChoice
 from ..prior import CanonicalizationPrior, fraction_within, mean_angle_to_identity
 from ..testing import equivariance_error
 from ..wrap import Canonicalized
@@ -129,6 +130,9 @@ class AdaptObjective:
         out = model(pos)
         task = self.task_loss(out, target)
         prior = self.prior(model.last_frame.rotation)
+        canon = model.canonicalizer
+        if isinstance(canon, OctahedralChoice):
+            prior = prior + self.prior.choice_loss(canon.last_base_rotation, canon.last_logits, canon.candidates)
         metrics = {"loss": task + prior, "task_loss": task, "prior": prior}
         if not target.is_floating_point():
             metrics["acc"] = (out.argmax(-1) == target).float().mean()
@@ -246,6 +250,10 @@ class AdaptBenchConfig(HardwareSettings):
     canon_lmax: int = 2
     canon_k: int = 8
     canon_num_points: int | None = 32
+    canon_power_iterations: int = 0  # covariance refinement of the axes (see E3nnCanonicalizer)
+    canon_signs: str = "network"  # with power iterations: "network" or "third-moment"
+    canon_choice: bool = False  # wrap it in an OctahedralChoice (a learned choice among the cube rotations)
+    canon_choice_hidden: int = 64
     # adaptations
     runs: list[dict[str, Any]] = field(
         default_factory=lambda: [{"prior": "none"}, {"prior": "identity", "beta": 1.0},
@@ -280,7 +288,15 @@ class AdaptBenchConfig(HardwareSettings):
             points=self.points, width_scale=self.width_scale, dgcnn_k=self.dgcnn_k, canon_group="SO3",
             canon_hidden_mul=self.canon_hidden_mul, canon_layers=self.canon_layers, canon_lmax=self.canon_lmax,
             canon_k=self.canon_k, canon_num_points=self.canon_num_points,
+            canon_power_iterations=self.canon_power_iterations, canon_signs=self.canon_signs,
         )  # fmt: skip
+
+    def canonicalizer_spec(self, num_classes: int) -> dict[str, Any]:
+        """Checkpoint spec of the canonicalizer every adaptation trains."""
+        spec = model_spec("learned", self.backbone, self.shapes_config(), num_classes)["config"]["canonicalizer"]
+        if self.canon_choice:
+            spec = {"name": "octahedral_choice", "config": {"base": spec, "hidden": self.canon_choice_hidden}}
+        return spec
 
     def train_config(self, max_epochs: int, lr: float) -> TrainConfig:
         """Harness settings of one stage."""
@@ -462,7 +478,13 @@ def _markdown(cfg: AdaptBenchConfig, payload: dict[str, Any]) -> str:
             f"{'upright' if cfg.pretrain_rotation == 'none' else 'z-rotated'} clouds without canonicalization "
             f"({payload['backbone_checkpoint']}). Each adaptation freezes it and trains an E3nnCanonicalizer "
             f"(SO3; hidden_mul {cfg.canon_hidden_mul}, layers {cfg.canon_layers}, k {cfg.canon_k}, num_points "
-            f"{cfg.canon_num_points}) for {cfg.adapt_epochs} epochs at lr {cfg.adapt_lr:g} with loss = cross-entropy + "
+            f"{cfg.canon_num_points}, power iterations {cfg.canon_power_iterations}, signs {cfg.canon_signs})"
+            + (
+                f" wrapped in an OctahedralChoice (a PointNet head of width {cfg.canon_choice_hidden} picks one of the "
+                "24 cube rotations from the base-canonical cloud; the prior trains it through its choice loss)"
+                if cfg.canon_choice else ""
+            )
+            + f" for {cfg.adapt_epochs} epochs at lr {cfg.adapt_lr:g} with loss = cross-entropy + "
             f"β · prior on the training clouds as pretrained; fine-tuning then trains both for {cfg.finetune_epochs} "
             f"epochs at lr {cfg.finetune_lr:g}, the prior still on. Best-validation weights of each stage. Seed "
             f"{cfg.seed}.\n"
@@ -549,14 +571,16 @@ def run(
         stem = Path(cfg.run_dir) / f"{spec['prior']}_beta{spec['beta']:g}"
         if key not in adapted:
             torch.manual_seed(cfg.seed)
-            canon = checkpoint.build(model_spec("learned", cfg.backbone, cfg.shapes_config(), len(data.classes))
-                                     ["config"]["canonicalizer"])  # fmt: skip
+            canon = checkpoint.build(cfg.canonicalizer_spec(len(data.classes)))
             adapted[key] = adapt(copy.deepcopy(backbone), canon, train, val, prior,
                                  cfg.train_config(cfg.adapt_epochs, cfg.adapt_lr), stem, rotation=cfg.pretrain_rotation,
                                  resume=resume)  # fmt: skip
         model, stage, trained = adapted[key], stem / "adapt", count_parameters(adapted[key].canonicalizer)
         if spec["finetune"]:
-            model.last_frame = None  # the last forward's frame keeps its autograd graph: deepcopy refuses it
+            # the last forward's frame (and choice logits) keep their autograd graph: deepcopy refuses them
+            model.last_frame = None
+            if isinstance(model.canonicalizer, OctahedralChoice):
+                model.canonicalizer.last_base_rotation = model.canonicalizer.last_logits = None
             model = finetune(copy.deepcopy(model), train, val, prior, cfg.train_config(cfg.finetune_epochs,
                              cfg.finetune_lr), stem, rotation=cfg.pretrain_rotation, resume=resume)  # fmt: skip
             stage, trained = stem / "finetune", count_parameters(model)

@@ -1,8 +1,17 @@
 """Canonicalizers: modules mapping a batch of clouds to one Frame per cloud."""
 
 from .base import Canonicalizer
+from .choice import OctahedralChoice, cube_rotations
 from .identity import IdentityCanonicalizer
 from .learned import E3nnCanonicalizer
 from .pca import PCACanonicalizer, principal_axes
 
-__all__ = ["Canonicalizer", "E3nnCanonicalizer", "IdentityCanonicalizer", "PCACanonicalizer", "principal_axes"]
+__all__ = [
+    "Canonicalizer",
+    "E3nnCanonicalizer",
+    "IdentityCanonicalizer",
+    "OctahedralChoice",
+    "PCACanonicalizer",
+    "cube_rotations",
+    "principal_axes",
+]
