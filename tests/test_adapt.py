@@ -12,7 +12,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from geocanon import CanonicalizationPrior, Canonicalized, E3nnCanonicalizer, IdentityCanonicalizer, checkpoint
+from geocanon import (
+    CanonicalizationPrior,
+    Canonicalized,
+    E3nnCanonicalizer,
+    IdentityCanonicalizer,
+    OctahedralChoice,
+    checkpoint,
+)
 from geocanon.bench.adapt import AdaptBenchConfig, AdaptObjective, adapt, evaluate, finetune, frozen
 from geocanon.bench.harness import TrainConfig
 from geocanon.cli import main as cli_main
@@ -151,7 +158,8 @@ def test_cli_pretrain_adapt_finetune_then_benchmark(tmp_path: Path, capsys: pyte
     backbone, meta = checkpoint.load(pretrained)
     assert meta["train_rotation"] == "none" and len(meta["classes"]) == 14
     model, _ = checkpoint.load(finetuned)
-    assert isinstance(model, Canonicalized) and isinstance(model.canonicalizer, E3nnCanonicalizer)
+    assert isinstance(model, Canonicalized) and isinstance(model.canonicalizer, OctahedralChoice)
+    assert isinstance(model.canonicalizer.base, E3nnCanonicalizer)
     pos = torch.randn(4, 48, 3)
     assert equivariance_error(model, pos, group="SO3", output="invariant", trials=2) < 1e-4
     key = "head.1.running_mean"  # fine-tuning moved the backbone's BatchNorm statistics

@@ -104,6 +104,10 @@ def test_trained_canonicalized_models_are_invariant(quick: tuple[ShapesBenchConf
     # rows carry the same measurement, taken on the test clouds
     for r in payload["results"]:
         assert (r["invariance_error"] < 1e-4) == (r["method"] in INVARIANT_METHODS), r
+        # frames are measured for the canonicalized models only (frame averaging has a set of frames)
+        has_frame = r["method"] in ("pca", "learned", "learned-o3")
+        assert (r["frame_turn_deg"] is not None) == has_frame, r
+        assert not has_frame or 0.0 <= r["frame_turn_deg"] <= 180.0
 
 
 def test_best_checkpoint_and_figures(quick: tuple[ShapesBenchConfig, dict]) -> None:

@@ -74,6 +74,7 @@ class NBodyBenchConfig(HardwareSettings):
     canon_layers: int = 2
     canon_lmax: int = 2
     canon_power_iterations: int = 0  # covariance refinement of the predicted axes (see E3nnCanonicalizer)
+    canon_signs: str = "network"  # with power iterations: "network" or "third-moment"
     # optimisation
     max_epochs: int = 1000
     batch_size: int = 100
@@ -123,6 +124,7 @@ def model_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
                 "k": 16,
                 "num_points": None,
                 "power_iterations": cfg.canon_power_iterations,
+                **({"signs": cfg.canon_signs} if cfg.canon_power_iterations else {}),
             },
         }
     return {
