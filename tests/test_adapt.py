@@ -175,6 +175,7 @@ def test_cli_pretrain_adapt_finetune_then_benchmark(tmp_path: Path, capsys: pyte
     assert {"command", "commit", "hardware", "seeds", "wall_time_s"} <= set(payload["provenance"])
     for row in payload["results"][1:]:
         assert row["invariance_error"] < 1e-4 and 0.0 <= row["within_10deg"] <= 1.0
+        assert 0.0 <= row["choice_ceiling"] <= 100.0  # the oracle choice of the OctahedralChoice
     assert "## Target" in stem.with_suffix(".md").read_text()
     # adaptation only: the saved backbone is the pretrained one, bit for bit (weights and BatchNorm buffers)
     model, meta = checkpoint.load(tmp_path / "c" / "identity_beta1" / "model.pt")

@@ -399,14 +399,17 @@ def evaluate(model: nn.Module, pos: Tensor, label: Tensor, seed: int, batch_size
     For a :class:`~geocanon.Canonicalized` model also the frames of the upright clouds: ``within_10deg``
     (fraction within 10° of the identity), ``mean_angle_deg`` (mean geodesic angle to it),
     ``up_angle_deg`` (mean angle between the canonical and the input z axis: what the axis prior
-    constrains) and ``invariance_error`` (SO(3), 8 clouds, 2 trials); None otherwise.
+    constrains) and ``invariance_error`` (SO(3), 8 clouds, 2 trials); None otherwise. For an
+    :class:`~geocanon.OctahedralChoice` canonicalizer also ``choice_ceiling``: the upright accuracy when
+    each cloud gets the candidate that brings the canonical "up" closest to the input's (an oracle
+    choice: what a perfect head could reach with these base frames).
     """
     rotated = rotate_clouds(pos, "SO3", seed)
     row: dict[str, Any] = {
         "accuracy_upright": _accuracy(model, pos, label, batch_size),
         "accuracy_so3": _accuracy(model, rotated, label, batch_size),
         "n_test": len(label),
-        "within_10deg": None, "mean_angle_deg": None, "up_angle_deg": None,
+        "within_10deg": None, "mean_angle_deg": None, "up_angle_deg": None, "choice_ceiling": None,
     }  # fmt: skip
     if isinstance(model, Canonicalized):
         rotation = _frames(model, pos, batch_size)
@@ -417,8 +420,22 @@ def evaluate(model: nn.Module, pos: Tensor, label: Tensor, seed: int, batch_size
             mean_angle_deg=mean_angle_to_identity(rotation),
             up_angle_deg=math.degrees(cos_up.acos().mean().item()),
         )
+        if isinstance(model.canonicalizer, OctahedralChoice):
+            row["choice_ceiling"] = _choice_ceiling(model, pos, label, batch_size)
     row["invariance_error"] = equivariance_error(model, pos[:8], group="SO3", output="invariant", trials=2, seed=seed)
     return row
+
+
+def _choice_ceiling(model: Canonicalized, pos: Tensor, label: Tensor, batch_size: int) -> float:
+    """Upright accuracy (percent) with the oracle candidate of an OctahedralChoice (see :func:`evaluate`)."""
+    choice = model.canonicalizer
+    with torch.no_grad():
+        base = torch.cat([choice.base(pos[i : i + batch_size]).rotation for i in range(0, len(pos), batch_size)])
+        up = torch.tensor(UP, dtype=base.dtype)
+        best = (base[:, None] @ choice.candidates.to(base.dtype) @ up)[..., 2].argmax(1)  # [S]
+        frames = base @ choice.candidates.to(base.dtype)[best]
+        canonical = torch.einsum("snd,sde->sne", pos, frames)  # clouds are centred: no translation (SO3)
+    return _accuracy(model.backbone, canonical, label, batch_size)
 
 
 def _stage_time(run_dir: Path) -> tuple[float, int]:
@@ -428,7 +445,7 @@ def _stage_time(run_dir: Path) -> tuple[float, int]:
 
 
 ROW_COLUMNS = ["model", "prior", "beta", "finetuned", "accuracy_upright", "accuracy_so3", "within_10deg",
-               "mean_angle_deg", "up_angle_deg", "invariance_error", "epochs", "trained_parameters",
+               "mean_angle_deg", "up_angle_deg", "choice_ceiling", "invariance_error", "epochs", "trained_parameters",
                "train_time_s"]  # fmt: skip
 
 
@@ -493,7 +510,9 @@ def _markdown(cfg: AdaptBenchConfig, payload: dict[str, Any]) -> str:
             "accuracy_upright / accuracy_so3: test accuracy (%) on upright clouds and on the same clouds under one "
             f"Haar-random rotation each (seed {cfg.test_seed}). Frames of the upright test clouds: within_10deg = "
             "fraction within 10° of the identity, mean_angle_deg = mean geodesic angle to it, up_angle_deg = mean "
-            "angle between the canonical and the input z axis. invariance_error: max relative change of the logits of "
+            "angle between the canonical and the input z axis. choice_ceiling (OctahedralChoice only): upright "
+            "accuracy if every cloud got the candidate rotation that best restores its z axis — the best any head "
+            "could do with these base frames. invariance_error: max relative change of the logits of "
             "8 test clouds under random SO(3) rotations (float32; ~1e-6 = exactly invariant). Priors: identity "
             "‖R − I‖²_F = 4(1 − cos θ); axis ‖R z − z‖².\n"
         ),
