@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-__all__ = ["count_parameters", "hardware_overrides", "load_config", "mean_std", "time_alternating", "time_per_call"]
+__all__ = ["config_file", "count_parameters", "hardware_overrides", "load_config", "mean_std", "time_alternating", "time_per_call"]
 
 T = TypeVar("T")
 
@@ -36,6 +36,13 @@ def load_config(cls: type[T], path: str | Path | None, **overrides: Any) -> T:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
     return cls(**values)
+
+
+def config_file(args: argparse.Namespace, quick: Path, default: Path | None = None) -> Path | None:
+    """The YAML a benchmark command reads: ``quick`` with ``--quick``, else ``--config``, else ``default``."""
+    if args.quick and args.config:
+        raise ValueError("use either --quick or --config, not both")
+    return quick if args.quick else args.config or default
 
 
 def hardware_overrides(args: argparse.Namespace) -> dict[str, Any]:

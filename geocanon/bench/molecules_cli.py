@@ -23,7 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--molecule", help="molecule name (files <data-root>/<molecule>_*_<split>.extxyz)")
     parser.add_argument("--quick", action="store_true", help=f"the quick configuration ({QUICK_CONFIG.name})")
     parser.add_argument("--config", type=Path, help="YAML file of MoleculesBenchConfig keys")
-    parser.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     parser.add_argument("--methods", nargs="+", help="subset of methods to run")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds to run")
     parser.add_argument("--max-epochs", type=int, help="override the epoch budget")
@@ -32,11 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{split}-file", help=f"labelled {split} file (any ASE format or rMD17 .npz)")
     parser.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="evaluate a saved model instead of training")
     parser.add_argument("--data", type=Path, help="with --evaluate: the labelled molecule file")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def main(args: argparse.Namespace) -> int:
-    from .common import hardware_overrides, load_config
+    from .common import config_file, hardware_overrides, load_config
     from .molecules import MoleculesBenchConfig, evaluate_checkpoint, run
 
     if args.evaluate is not None:
@@ -44,11 +42,9 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError("--evaluate needs --data FILE (a labelled molecule file, e.g. extxyz with energies and forces)")
         print(json.dumps(evaluate_checkpoint(args.evaluate, args.data)))
         return 0
-    if args.quick and args.config:
-        raise ValueError("use either --quick or --config, not both")
     cfg = load_config(
         MoleculesBenchConfig,
-        QUICK_CONFIG if args.quick else args.config,
+        config_file(args, QUICK_CONFIG),
         molecule=args.molecule, methods=args.methods, seeds=args.seeds, max_epochs=args.max_epochs, data_root=args.data_root,
         train_file=args.train_file, valid_file=args.valid_file, test_file=args.test_file, **hardware_overrides(args),
     )

@@ -18,18 +18,16 @@ QUICK_CONFIG = Path(__file__).resolve().parents[2] / "benchmarks" / "nbody_quick
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help=f"the quick configuration ({QUICK_CONFIG.name})")
     parser.add_argument("--config", type=Path, help="YAML file of NBodyBenchConfig keys")
-    parser.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     parser.add_argument("--methods", nargs="+", help="subset of methods to run")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds to run")
     parser.add_argument("--max-epochs", type=int, help="override the epoch budget")
     parser.add_argument("--data-root", help="N-body cache folder (generated on first use)")
     parser.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="evaluate a saved model instead of training")
     parser.add_argument("--data-dir", type=Path, help="with --evaluate: folder with the test split (our cache or published .npy)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def main(args: argparse.Namespace) -> int:
-    from .common import hardware_overrides, load_config
+    from .common import config_file, hardware_overrides, load_config
     from .nbody import NBodyBenchConfig, evaluate_checkpoint, run
 
     if args.evaluate is not None:
@@ -37,11 +35,9 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError("--evaluate needs --data-dir DIR (the folder holding the test split)")
         print(json.dumps(evaluate_checkpoint(args.evaluate, args.data_dir)))
         return 0
-    if args.quick and args.config:
-        raise ValueError("use either --quick or --config, not both")
     cfg = load_config(
         NBodyBenchConfig,
-        QUICK_CONFIG if args.quick else args.config,
+        config_file(args, QUICK_CONFIG),
         methods=args.methods, seeds=args.seeds, max_epochs=args.max_epochs, data_root=args.data_root,
         **hardware_overrides(args),
     )

@@ -30,9 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file of ShapesBenchConfig keys (default: the dataset's)")
     parser.add_argument("--quick", action="store_true", help=f"the CI smoke configuration ({QUICK_CONFIG.name})")
     parser.add_argument(
-        "--resume", action="store_true", help="continue interrupted trainings from their last checkpoint"
-    )
-    parser.add_argument(
         "--methods", nargs="+", help="subset of plain, augment, pca, learned, learned-o3, frame-averaging"
     )
     parser.add_argument("--backbones", nargs="+", help="subset of pointnet, dgcnn")
@@ -41,7 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-epochs", type=int, help="override the epoch budget (a per-backbone budget in the config wins)"
     )
     parser.add_argument("--data-root", help="ModelNet data folder (default: the config's, else $GEOCANON_DATA)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
         "--evaluate", type=Path, metavar="CHECKPOINT", help="evaluate a saved classifier instead of training"
     )
@@ -60,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .common import hardware_overrides, load_config
+    from .common import config_file, hardware_overrides, load_config
     from .shapes import ShapesBenchConfig, canonicalizer_overhead, evaluate_checkpoint, run
 
     if args.evaluate is not None:
@@ -76,9 +72,7 @@ def main(args: argparse.Namespace) -> int:
         payload = canonicalizer_overhead(repeats=args.repeats)
         print(json.dumps(payload["results"], indent=1))
         return 0
-    if args.quick and args.config:
-        raise ValueError("use either --quick or --config, not both")
-    config = QUICK_CONFIG if args.quick else args.config or DEFAULT_CONFIGS[args.dataset or "synthetic"]
+    config = config_file(args, QUICK_CONFIG, DEFAULT_CONFIGS[args.dataset or "synthetic"])
     cfg = load_config(
         ShapesBenchConfig,
         config,

@@ -18,7 +18,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .bench import add_hardware_arguments
+from .bench import add_training_arguments
 
 __all__ = ["main", "register"]
 
@@ -48,9 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--pretrain-epochs", type=int, help="override the config's pretrain_epochs")
     parser.add_argument("--run-dir", help="override the config's run_dir (checkpoints and logs)")
     parser.add_argument("--results", help="with --benchmark: override the config's results stem")
-    parser.add_argument("--resume", action="store_true", help="continue interrupted trainings")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_hardware_arguments(parser)
+    add_training_arguments(parser)
     parser.set_defaults(func=main)
 
 

@@ -15,8 +15,13 @@ BENCHMARKS = {
 }
 
 
-def add_hardware_arguments(parser: argparse.ArgumentParser) -> None:
-    """Lightning pass-through options shared by every benchmark."""
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every training command shares: resume, progress bars and the Lightning pass-through hardware.
+
+    Read back with :func:`geocanon.bench.common.hardware_overrides` (and ``args.resume``).
+    """
+    parser.add_argument("--resume", action="store_true", help="continue interrupted trainings from their last checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     group = parser.add_argument_group("hardware (passed to Lightning)")
     group.add_argument("--accelerator", default=None, help="cpu (default), gpu, auto, ...")
     group.add_argument("--devices", default=None, help="number of devices or 'auto'")
@@ -37,5 +42,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         bench = benches.add_parser(name, help=module.HELP, description=module.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(bench)
-        add_hardware_arguments(bench)
+        add_training_arguments(bench)
         bench.set_defaults(func=module.main)
