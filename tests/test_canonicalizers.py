@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geocanon import E3nnCanonicalizer, Frame, IdentityCanonicalizer, PCACanonicalizer, random_group_element
+from geocanon import (
+    E3nnCanonicalizer,
+    Frame,
+    IdentityCanonicalizer,
+    OctahedralChoice,
+    PCACanonicalizer,
+    random_group_element,
+)
 from geocanon.canonicalizers.frame_averaging import pca_frames
 from geocanon.frames import has_reflections, has_translations
 from geocanon.testing import frame_sensitivity
@@ -182,7 +189,16 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("pos, message", BAD_INPUTS)
-@pytest.mark.parametrize("make", [lambda: _small_learned("SE3"), lambda: PCACanonicalizer("SO3")], ids=["learned", "pca"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _small_learned("SE3"),
+        lambda: _small_learned("SE3", power_iterations=4, signs="third-moment"),
+        lambda: PCACanonicalizer("SO3"),
+        lambda: OctahedralChoice(PCACanonicalizer("SO3"), hidden=8),
+    ],
+    ids=["learned", "learned-refined", "pca", "octahedral-choice"],
+)
 def test_bad_input_raises_value_error(pos, message, make):
     with pytest.raises(ValueError, match=message):
         make()(pos)
