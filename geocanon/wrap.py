@@ -148,6 +148,12 @@ class FrameAveraged(_FeatureRouting):
     K = 4 for SO3/SE3 and 8 for O3/E3 (see :func:`~geocanon.canonicalizers.frame_averaging.pca_frames`).
     Dense input only ([B, N, 3] with optional mask [B, N]); same call convention and ``output``
     types as :class:`Canonicalized`. Invariant outputs are averaged as they are (logits).
+
+    ``train_frames="sampled"`` makes training cost one backbone call per cloud instead of K: in
+    training mode each cloud goes through one of its K frames drawn uniformly at random (an unbiased
+    estimate of the averaged objective's gradient for a loss that is linear in the output, and
+    invariant in distribution for any loss: stochastic frame averaging, Duval et al. 2023). In eval
+    mode all K frames are averaged, so the exact invariance/equivariance is unchanged.
     """
 
     def __init__(
@@ -157,9 +163,13 @@ class FrameAveraged(_FeatureRouting):
         output: OutputType = "invariant",
         vector_features: Sequence[str] = (),
         scalar_features: Sequence[str] = (),
+        train_frames: str = "all",
     ) -> None:
         super().__init__(backbone, output, vector_features, scalar_features)
+        if train_frames not in ("all", "sampled"):
+            raise ValueError(f"train_frames must be 'all' or 'sampled', got {train_frames!r}")
         self.group = group
+        self.train_frames = train_frames
 
     def forward(self, pos: Tensor, *, mask: Tensor | None = None, **features: Tensor) -> Tensor:
         """Average of the mapped-back backbone outputs over all frames: same shapes as the backbone's."""
@@ -167,6 +177,9 @@ class FrameAveraged(_FeatureRouting):
         frames = pca_frames(pos, mask=mask, group=self.group)
         b = pos.shape[0]
         k = len(frames) // b
+        if self.training and self.train_frames == "sampled":
+            pick = torch.randint(k, (b,), device=pos.device) + k * torch.arange(b, device=pos.device)
+            frames, k = frames[pick], 1
 
         def repeat(x: Tensor) -> Tensor:
             return x.repeat_interleave(k, 0)

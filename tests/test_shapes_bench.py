@@ -20,6 +20,7 @@ from geocanon.bench.shapes import (
     INVARIANT_METHODS,
     METHODS,
     ShapesBenchConfig,
+    _warm_start,
     canonicalizer_overhead,
     model_spec,
     random_rotations,
@@ -181,6 +182,36 @@ def test_evaluate_command_on_npy_layout(
     assert "trained on classes" in capsys.readouterr().err
 
 
+def test_warm_start_continues_earlier_models(quick: tuple[ShapesBenchConfig, dict], tmp_path: Path) -> None:
+    cfg, payload = quick
+    later = replace(
+        cfg, methods=["learned", "frame-averaging"], backbones=["pointnet"], protocols=["z/SO3"], budgets={},
+        fa_train_frames="sampled", warm_start_dir=cfg.run_dir, run_dir=str(tmp_path / "runs"),
+        results=str(tmp_path / "results"), checkpoint=str(tmp_path / "best.pt"), throughput=False,
+    )  # fmt: skip
+    key = ("learned", "pointnet", "z")
+    earlier, _ = checkpoint.load(Path(cfg.run_dir) / "_".join(key) / "model.pt")
+    torch.manual_seed(1)
+    classes = earlier.backbone.head[-1].out_features
+    model = checkpoint.build(model_spec("learned", "pointnet", later, classes))
+    fresh = tmp_path / "fresh"
+    assert _warm_start(model, key, replace(later, warm_start_dir=None), fresh, resume=False) == {}
+    facts = _warm_start(model, key, later, fresh, resume=False)
+    assert facts["epochs"] == 1 and facts["path"].endswith("learned_pointnet_z/model.pt")
+    for name, value in earlier.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    (fresh / "checkpoints").mkdir()  # a run begun here resumes from its own checkpoints, with its record
+    assert _warm_start(model, key, replace(later, warm_start_dir=None), fresh, resume=True) == facts
+    rows = run(later)["results"]
+    assert {r["method"] for r in rows} == {"learned", "frame-averaging"}
+    assert all(r["epochs"] == 2 and r["warm_start"].endswith("model.pt") for r in rows)
+    assert all(r["epochs"] == 2 for r in run(later, resume=True)["results"])  # resumed: not counted twice
+    assert all(r["invariance_error"] < 1e-4 for r in rows)
+    mismatched = replace(later, canon_hidden_mul=later.canon_hidden_mul + 1)
+    with pytest.raises(ValueError, match="does not match"):
+        _warm_start(checkpoint.build(model_spec("learned", "pointnet", mismatched, classes)), key, mismatched, fresh, False)
+
+
 def test_rotations_are_seeded_and_of_the_right_kind() -> None:
     pos = torch.randn(5, 20, 3)
     z = rotate_clouds(pos, "z", 7)
@@ -206,6 +237,8 @@ def test_scores_and_config_validation() -> None:
         ShapesBenchConfig(budgets={"dgcnn": {"epochs": 3}})
     with pytest.raises(ValueError, match="canon_group"):
         ShapesBenchConfig(canon_group="SE3")
+    with pytest.raises(ValueError, match="fa_train_frames"):
+        ShapesBenchConfig(fa_train_frames="one")
 
 
 def test_overhead_benchmark_schema(tmp_path: Path) -> None:

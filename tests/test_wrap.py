@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from geocanon import Canonicalized, E3nnCanonicalizer, FrameAveraged, IdentityCanonicalizer, PCACanonicalizer
+from geocanon.canonicalizers.frame_averaging import pca_frames
 from geocanon.testing import assert_equivariant, equivariance_error
 
 from .conftest import tolerance
@@ -105,6 +106,23 @@ def test_frame_averaging_is_exact(group, dtype):
     assert equivariance_error(model, pos, group) < tolerance(dtype)
     vec_model = FrameAveraged(PointMLP(per_point=True), group=group, output="vector")
     assert equivariance_error(vec_model, pos, group, "vector") < tolerance(dtype)
+
+
+def test_sampled_frame_averaging_trains_through_one_frame_and_evaluates_all(dtype):
+    pos = torch.randn(4, 30, 3) * torch.tensor([3.0, 2.0, 1.0])
+    model = FrameAveraged(PointMLP(per_point=False), group="SO3", train_frames="sampled")
+    frames = pca_frames(pos, group="SO3")
+    per_frame = model.backbone(frames.to_canonical_points(pos.repeat_interleave(4, 0))).unflatten(0, (4, 4))
+    torch.manual_seed(0)
+    out = model.train()(pos)  # one of the 4 frames per cloud
+    gap = (out[:, None] - per_frame).abs().amax(-1)  # [B, K]
+    assert (gap.amin(1) < tolerance(dtype)).all()
+    assert (gap.amax(1) > 1e-3).all()  # the frames do give different outputs: the check can fail
+    model.eval()
+    assert torch.allclose(model(pos), per_frame.mean(1), atol=tolerance(dtype))
+    assert equivariance_error(model, pos, "SO3") < tolerance(dtype)
+    with pytest.raises(ValueError, match="train_frames"):
+        FrameAveraged(PointMLP(per_point=False), train_frames="one")
 
 
 def test_pca_canonicalized_exact_on_generic_clouds(dtype):

@@ -27,6 +27,7 @@ gallery of canonicalized test shapes and a confusion matrix beside the results.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 import statistics
@@ -135,6 +136,8 @@ class ShapesBenchConfig(HardwareSettings):
     canon_pseudovectors: bool = False  # SO3 only: 1e output channels (see EquivariantVectorNetwork)
     canon_power_iterations: int = 0  # covariance refinement of the predicted axes (see E3nnCanonicalizer)
     canon_signs: str = "network"  # with power iterations: "network" or "third-moment" (see E3nnCanonicalizer)
+    # frame averaging: "all" K frames per training step, or one "sampled" frame (see FrameAveraged)
+    fa_train_frames: str = "all"
     # optimisation
     max_epochs: int = 30
     batch_size: int = 32
@@ -144,6 +147,9 @@ class ShapesBenchConfig(HardwareSettings):
     scheduler: str = "cosine"
     patience: int | None = None
     check_val_every_n_epoch: int = 1
+    # warm restart: the run_dir of an earlier run; each model found there (<dir>/<method>_<backbone>_<rotation>/
+    # model.pt) starts from those weights with a fresh optimizer and LR schedule (SGDR-style); epochs add up
+    warm_start_dir: str | None = None
     # throughput (eval, no_grad, clouds of ``throughput_points``)
     throughput: bool = True
     throughput_batch: int = 32
@@ -170,6 +176,8 @@ class ShapesBenchConfig(HardwareSettings):
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.canon_group not in ("SO3", "O3"):
             raise ValueError(f"canon_group must be 'SO3' or 'O3' (clouds are centred), got {self.canon_group!r}")
+        if self.fa_train_frames not in ("all", "sampled"):
+            raise ValueError(f"fa_train_frames must be 'all' or 'sampled', got {self.fa_train_frames!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         for backbone, budget in self.budgets.items():
@@ -249,7 +257,10 @@ def model_spec(method: str, backbone: str, cfg: ShapesBenchConfig, num_classes: 
     if method in ("plain", "augment"):
         return net
     if method == "frame-averaging":
-        return {"name": "frame_averaged", "config": {"backbone": net, "group": "SO3", "output": "invariant"}}
+        return {
+            "name": "frame_averaged",
+            "config": {"backbone": net, "group": "SO3", "output": "invariant", "train_frames": cfg.fa_train_frames},
+        }
     if method == "pca":
         canon: dict[str, Any] = {"name": "pca", "config": {"group": "SO3"}}
     else:
@@ -392,6 +403,8 @@ def _train(
     budget = cfg.budget(backbone)
     torch.manual_seed(cfg.seed)
     model = checkpoint.build(model_spec(family, backbone, cfg, len(data.classes)))
+    run_dir = Path(cfg.run_dir) / "_".join(key)
+    before = _warm_start(model, key, cfg, run_dir, resume)
     train_set = TensorDataset(data.train.pos, data.train.label)
     train = DataLoader(
         train_set,
@@ -402,7 +415,6 @@ def _train(
     )
     val_pos = rotate_clouds(data.val.pos, rotation, cfg.seed)
     val = DataLoader(TensorDataset(val_pos, data.val.label), batch_size=cfg.eval_batch_size)
-    run_dir = Path(cfg.run_dir) / "_".join(key)
     settings = replace(cfg, max_epochs=budget["max_epochs"])
     result = fit(model, ShapesObjective(rotation), train, val, train_config(settings, cfg.seed), run_dir, resume)
     model.eval()
@@ -410,15 +422,44 @@ def _train(
     facts = {
         "train_rotation": rotation,
         "val_accuracy": val_acc,
-        "epochs": result.epochs_run,
-        "best_epoch": result.best_epoch,
+        "epochs": before.get("epochs", 0) + result.epochs_run,
+        "best_epoch": before.get("epochs", 0) + result.best_epoch,
         "points": budget["points"],
         "width_scale": budget["width_scale"],
         "parameters": count_parameters(model),
-        "train_time_s": result.train_time_s,
+        "train_time_s": before.get("train_time_s", 0.0) + result.train_time_s,
+        **({"warm_start": before["path"]} if before else {}),
     }
     checkpoint.save(run_dir / "model.pt", model, meta=_meta(cfg, data, budget["points"], key, facts))
     return model, facts
+
+
+def _warm_start(
+    model: nn.Module, key: tuple[str, str, str], cfg: ShapesBenchConfig, run_dir: Path, resume: bool
+) -> dict[str, Any]:
+    """Load the weights ``key`` reached in ``cfg.warm_start_dir`` into ``model``; returns that training's facts.
+
+    Only a fresh run is warm-started (recorded in ``run_dir/warm_start.json``); a run already begun in
+    ``run_dir`` and resumed continues from its own checkpoints, and returns the record it began with.
+    Returns {} when nothing was warm-started, otherwise {"path", "epochs", "train_time_s", ...} of the
+    earlier training, which this one continues.
+    """
+    record = run_dir / "warm_start.json"
+    if resume and (run_dir / "checkpoints").is_dir():
+        return json.loads(record.read_text()) if record.is_file() else {}
+    record.unlink(missing_ok=True)
+    path = Path(cfg.warm_start_dir or "") / "_".join(key) / "model.pt"
+    if cfg.warm_start_dir is None or not path.is_file():
+        return {}
+    earlier, meta = checkpoint.load(path)
+    try:
+        model.load_state_dict(earlier.state_dict())
+    except RuntimeError as error:
+        raise ValueError(f"warm start {path}: its model does not match this configuration's {key}: {error}") from None
+    facts = {**meta.get("facts", {}), "path": str(path)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(facts, indent=2))
+    return facts
 
 
 def _meta(
