@@ -33,7 +33,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from ..canonicalizers.choice import OctahedralChoice
 from ..prior import CanonicalizationPrior, fraction_within, mean_angle_to_identity
 from ..testing import equivariance_error
 from ..wrap import Canonicalized
-from .common import count_parameters
+from .common import CanonicalizerSettings, count_parameters
 from .harness import HardwareSettings, TrainConfig, fit
 from .results import markdown_table, provenance, write_results
 from .shapes import ShapesBenchConfig, ShapesObjective, classify, load_data, model_spec, random_rotations, rotate_clouds
@@ -219,7 +219,7 @@ def finetune(
 
 
 @dataclass
-class AdaptBenchConfig(HardwareSettings):
+class AdaptBenchConfig(HardwareSettings, CanonicalizerSettings):
     """Everything an adaptation run depends on (YAML keys of ``benchmarks/adapt_*.yaml``).
 
     ``runs``: the adaptations, each ``{"prior": "none"|"identity"|"axis", "beta": float, "finetune": bool}``;
@@ -244,14 +244,9 @@ class AdaptBenchConfig(HardwareSettings):
     pretrain_rotation: str = "none"  # "none": upright; "z": rotated about up
     pretrain_epochs: int = 20
     backbone_checkpoint: str = "runs/adapt/synthetic/pretrained_pointnet.pt"
-    # the learned canonicalizer (E3nnCanonicalizer, group SO3)
-    canon_hidden_mul: int = 8
-    canon_layers: int = 2
-    canon_lmax: int = 2
+    # the learned canonicalizer (E3nnCanonicalizer, group SO3; the other canon_* fields: CanonicalizerSettings)
     canon_k: int = 8
     canon_num_points: int | None = 32
-    canon_power_iterations: int = 0  # covariance refinement of the axes (see E3nnCanonicalizer)
-    canon_signs: str = "network"  # with power iterations: "network" or "third-moment"
     canon_choice: bool = False  # wrap it in an OctahedralChoice (a learned choice among the cube rotations)
     canon_choice_hidden: int = 64
     # adaptations
@@ -286,9 +281,8 @@ class AdaptBenchConfig(HardwareSettings):
             data_root=self.data_root, n_per_class=self.n_per_class, n_val_per_class=self.n_val_per_class,
             n_test_per_class=self.n_test_per_class, noise=self.noise, val_fraction=self.val_fraction,
             points=self.points, width_scale=self.width_scale, dgcnn_k=self.dgcnn_k, canon_group="SO3",
-            canon_hidden_mul=self.canon_hidden_mul, canon_layers=self.canon_layers, canon_lmax=self.canon_lmax,
             canon_k=self.canon_k, canon_num_points=self.canon_num_points,
-            canon_power_iterations=self.canon_power_iterations, canon_signs=self.canon_signs,
+            **{f.name: getattr(self, f.name) for f in fields(CanonicalizerSettings)},
         )  # fmt: skip
 
     def canonicalizer_spec(self, num_classes: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Pieces every benchmark module shares: configs from YAML, seeds, timing and parameter counts."""
+"""Pieces every benchmark module shares: configs from YAML, canonicalizer settings, timing and parameter counts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,9 +14,39 @@ import torch
 import yaml
 from torch import nn
 
-__all__ = ["config_file", "count_parameters", "hardware_overrides", "load_config", "mean_std", "time_alternating", "time_per_call"]
+__all__ = ["CanonicalizerSettings", "config_file", "count_parameters", "hardware_overrides", "load_config", "mean_std", "time_alternating", "time_per_call"]
 
 T = TypeVar("T")
+
+
+@dataclass
+class CanonicalizerSettings:
+    """The :class:`~geocanon.E3nnCanonicalizer` fields every benchmark config shares (YAML keys ``canon_*``).
+
+    A benchmark config inherits them (overriding defaults where it needs others) and adds what is its
+    own (group, neighbourhood size, ...) through :meth:`e3nn_spec`'s keywords.
+    """
+
+    canon_hidden_mul: int = 8
+    canon_layers: int = 2
+    canon_lmax: int = 2
+    canon_power_iterations: int = 0  # covariance refinement of the predicted axes (see E3nnCanonicalizer)
+    canon_signs: str = "network"  # with power iterations: "network" or "third-moment" (see E3nnCanonicalizer)
+
+    def e3nn_spec(self, **fixed: Any) -> dict[str, Any]:
+        """Checkpoint spec (see :mod:`geocanon.checkpoint`) of an E3nnCanonicalizer: these settings + ``fixed``."""
+        refine = (
+            {"power_iterations": self.canon_power_iterations, "signs": self.canon_signs}
+            if self.canon_power_iterations
+            else {}
+        )
+        return {
+            "name": "e3nn",
+            "config": {
+                "hidden_mul": self.canon_hidden_mul, "layers": self.canon_layers, "lmax": self.canon_lmax,
+                **refine, **fixed,
+            },
+        }  # fmt: skip
 
 
 def load_config(cls: type[T], path: str | Path | None, **overrides: Any) -> T:

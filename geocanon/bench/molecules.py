@@ -35,7 +35,7 @@ from ..data.molecules import MoleculeDataset, one_hot_species, read_molecules
 from ..frames import random_group_element
 from .. import testing
 from ..testing import equivariance_error
-from .common import count_parameters, mean_std, time_per_call
+from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
 from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
 
@@ -55,7 +55,7 @@ METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonical
 
 
 @dataclass
-class MoleculesBenchConfig(HardwareSettings):
+class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     """Everything a run depends on (YAML keys of ``benchmarks/molecules*.yaml``)."""
 
     molecule: str = "ethanol"
@@ -75,10 +75,7 @@ class MoleculesBenchConfig(HardwareSettings):
     cutoff: float = 5.0
     mlp_hidden: int = 256
     mlp_layers: int = 3
-    # canonicalizer
-    canon_hidden_mul: int = 8
-    canon_layers: int = 2
-    canon_lmax: int = 2
+    # canonicalizer: the canon_* fields of CanonicalizerSettings
     # SchNet
     schnet_hidden: int = 64
     schnet_interactions: int = 3
@@ -142,11 +139,10 @@ def model_spec(method: str, cfg: MoleculesBenchConfig, species: list[int], num_a
         backbone = gnn
         if method == "canonicalized-mlp":
             backbone = {"name": "energy_mlp", "config": {"num_atoms": num_atoms, "num_species": t, "hidden": cfg.mlp_hidden, "layers": cfg.mlp_layers}}
-        canon = {"name": "e3nn", "config": {
-            "group": "SE3" if method == "canonicalized-se3" else "E3", "num_scalar_features": t,
-            "hidden_mul": cfg.canon_hidden_mul, "layers": cfg.canon_layers, "lmax": cfg.canon_lmax,
-            "k": 64, "num_points": None,  # complete graphs: no kNN switching, so the energy is smooth
-        }}
+        canon = cfg.e3nn_spec(
+            group="SE3" if method == "canonicalized-se3" else "E3", num_scalar_features=t,
+            k=64, num_points=None,  # complete graphs: no kNN switching, so the energy is smooth
+        )
         if method == "canonicalized-avg":
             energy = {"name": "third_axis_averaged", "config": {"backbone": backbone, "canonicalizer": canon, "scalar_features": ["species"]}}
         else:

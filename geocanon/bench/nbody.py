@@ -29,7 +29,7 @@ from .. import checkpoint
 from ..data.nbody import NBodyConfig, NBodyDataset, load_nbody
 from ..frames import random_group_element
 from ..testing import equivariance_error, transform_inputs
-from .common import count_parameters, mean_std, time_per_call
+from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
 from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
 
@@ -52,7 +52,7 @@ PUBLISHED = {
 
 
 @dataclass
-class NBodyBenchConfig(HardwareSettings):
+class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     """Everything a run of the benchmark depends on (YAML keys of ``benchmarks/nbody*.yaml``)."""
 
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -69,12 +69,8 @@ class NBodyBenchConfig(HardwareSettings):
     layer_norm: bool = False
     velocity_residual: bool = True
     relative_positions: bool = True
-    # canonicalizer
+    # canonicalizer (the other canon_* fields: CanonicalizerSettings)
     canon_hidden_mul: int = 16
-    canon_layers: int = 2
-    canon_lmax: int = 2
-    canon_power_iterations: int = 0  # covariance refinement of the predicted axes (see E3nnCanonicalizer)
-    canon_signs: str = "network"  # with power iterations: "network" or "third-moment"
     # optimisation
     max_epochs: int = 1000
     batch_size: int = 100
@@ -111,22 +107,14 @@ def model_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
     if method == "pca":
         canon = {"name": "pca", "config": {"group": "E3"}}
     else:
-        canon = {
-            "name": "e3nn",
-            "config": {
-                "group": "E3",
-                "num_scalar_features": 1,
-                "num_vector_features": 1,
-                "translation": "learned" if method == "canonicalized-offset" else "centroid",
-                "hidden_mul": cfg.canon_hidden_mul,
-                "layers": cfg.canon_layers,
-                "lmax": cfg.canon_lmax,
-                "k": 16,
-                "num_points": None,
-                "power_iterations": cfg.canon_power_iterations,
-                **({"signs": cfg.canon_signs} if cfg.canon_power_iterations else {}),
-            },
-        }
+        canon = cfg.e3nn_spec(
+            group="E3",
+            num_scalar_features=1,
+            num_vector_features=1,
+            translation="learned" if method == "canonicalized-offset" else "centroid",
+            k=16,
+            num_points=None,
+        )
     return {
         "name": "canonicalized",
         "config": {"backbone": gnn, "canonicalizer": canon, "output": "position", "vector_features": ["vel"], "scalar_features": ["charge"]},

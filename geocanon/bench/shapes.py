@@ -47,7 +47,7 @@ from .. import checkpoint
 from ..frames import random_rotation
 from ..testing import equivariance_error, frame_sensitivity
 from ..wrap import Canonicalized
-from .common import count_parameters, time_alternating
+from .common import CanonicalizerSettings, count_parameters, time_alternating
 from .harness import HardwareSettings, fit, train_config
 from .results import RESULTS_DIR, hardware, markdown_table, provenance, write_results
 
@@ -104,7 +104,7 @@ OVERHEAD_SETTINGS: tuple[dict[str, Any], ...] = (
 
 
 @dataclass
-class ShapesBenchConfig(HardwareSettings):
+class ShapesBenchConfig(HardwareSettings, CanonicalizerSettings):
     """Everything a run of the benchmark depends on (YAML keys of ``benchmarks/shapes_*.yaml``, ``modelnet*.yaml``)."""
 
     dataset: str = "synthetic"
@@ -127,15 +127,11 @@ class ShapesBenchConfig(HardwareSettings):
     dgcnn_k: int = 20
     budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
     # learned canonicalizer (E3nnCanonicalizer / EquivariantVectorNetwork)
+    # (canon_hidden_mul, canon_layers, canon_lmax, canon_power_iterations, canon_signs: CanonicalizerSettings)
     canon_group: str = "SO3"
-    canon_hidden_mul: int = 8
-    canon_layers: int = 2
-    canon_lmax: int = 2
     canon_k: int = 8
     canon_num_points: int | None = 64
     canon_pseudovectors: bool = False  # SO3 only: 1e output channels (see EquivariantVectorNetwork)
-    canon_power_iterations: int = 0  # covariance refinement of the predicted axes (see E3nnCanonicalizer)
-    canon_signs: str = "network"  # with power iterations: "network" or "third-moment" (see E3nnCanonicalizer)
     # frame averaging: "all" K frames per training step, or one "sampled" frame (see FrameAveraged)
     fa_train_frames: str = "all"
     # optimisation
@@ -264,20 +260,12 @@ def model_spec(method: str, backbone: str, cfg: ShapesBenchConfig, num_classes: 
     if method == "pca":
         canon: dict[str, Any] = {"name": "pca", "config": {"group": "SO3"}}
     else:
-        canon = {
-            "name": "e3nn",
-            "config": {
-                "group": "O3" if method == "learned-o3" else cfg.canon_group,
-                "hidden_mul": cfg.canon_hidden_mul,
-                "layers": cfg.canon_layers,
-                "lmax": cfg.canon_lmax,
-                "k": cfg.canon_k,
-                "num_points": cfg.canon_num_points,
-                "power_iterations": cfg.canon_power_iterations,
-                **({"signs": cfg.canon_signs} if cfg.canon_power_iterations else {}),
-                **({"pseudovector_outputs": True} if cfg.canon_pseudovectors and method == "learned" else {}),
-            },
-        }
+        canon = cfg.e3nn_spec(
+            group="O3" if method == "learned-o3" else cfg.canon_group,
+            k=cfg.canon_k,
+            num_points=cfg.canon_num_points,
+            **({"pseudovector_outputs": True} if cfg.canon_pseudovectors and method == "learned" else {}),
+        )
     return {"name": "canonicalized", "config": {"backbone": net, "canonicalizer": canon, "output": "invariant"}}
 
 
