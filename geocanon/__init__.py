@@ -7,7 +7,14 @@ Put a canonicalizer in front of any point-cloud model to make it exactly invaria
     model = geocanon.Canonicalized(my_backbone, canon, output="invariant")
 """
 
-from .canonicalizers import Canonicalizer, E3nnCanonicalizer, IdentityCanonicalizer, OctahedralChoice, PCACanonicalizer
+from .canonicalizers import (
+    Canonicalizer,
+    E3nnCanonicalizer,
+    IdentityCanonicalizer,
+    OctahedralChoice,
+    PCACanonicalizer,
+    RegressedOrientation,
+)
 from .frames import (
     GROUPS,
     DegenerateFrameError,
@@ -35,6 +42,7 @@ __all__ = [
     "FrameAveraged",
     "IdentityCanonicalizer",
     "OctahedralChoice",
+    "RegressedOrientation",
     "PCACanonicalizer",
     "axis_prior",
     "fraction_within",

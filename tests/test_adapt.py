@@ -18,6 +18,7 @@ from geocanon import (
     E3nnCanonicalizer,
     IdentityCanonicalizer,
     OctahedralChoice,
+    RegressedOrientation,
     checkpoint,
 )
 from geocanon.bench.adapt import AdaptBenchConfig, AdaptObjective, adapt, evaluate, finetune, frozen
@@ -158,8 +159,9 @@ def test_cli_pretrain_adapt_finetune_then_benchmark(tmp_path: Path, capsys: pyte
     backbone, meta = checkpoint.load(pretrained)
     assert meta["train_rotation"] == "none" and len(meta["classes"]) == 14
     model, _ = checkpoint.load(finetuned)
-    assert isinstance(model, Canonicalized) and isinstance(model.canonicalizer, OctahedralChoice)
-    assert isinstance(model.canonicalizer.base, E3nnCanonicalizer)
+    assert isinstance(model, Canonicalized) and isinstance(model.canonicalizer, RegressedOrientation)
+    assert isinstance(model.canonicalizer.base, OctahedralChoice)  # the quick config chains both heads
+    assert isinstance(model.canonicalizer.base.base, E3nnCanonicalizer)
     pos = torch.randn(4, 48, 3)
     assert equivariance_error(model, pos, group="SO3", output="invariant", trials=2) < 1e-4
     key = "head.1.running_mean"  # fine-tuning moved the backbone's BatchNorm statistics

@@ -10,6 +10,7 @@ from geocanon import (
     Frame,
     IdentityCanonicalizer,
     OctahedralChoice,
+    RegressedOrientation,
     PCACanonicalizer,
     random_group_element,
 )
@@ -196,8 +197,9 @@ BAD_INPUTS = [
         lambda: _small_learned("SE3", power_iterations=4, signs="third-moment"),
         lambda: PCACanonicalizer("SO3"),
         lambda: OctahedralChoice(PCACanonicalizer("SO3"), hidden=8),
+        lambda: RegressedOrientation(_small_learned("SE3", power_iterations=4), hidden=8),
     ],
-    ids=["learned", "learned-refined", "pca", "octahedral-choice"],
+    ids=["learned", "learned-refined", "pca", "octahedral-choice", "regressed-orientation"],
 )
 def test_bad_input_raises_value_error(pos, message, make):
     with pytest.raises(ValueError, match=message):

@@ -130,9 +130,9 @@ class AdaptObjective:
         out = model(pos)
         task = self.task_loss(out, target)
         prior = self.prior(model.last_frame.rotation)
-        canon = model.canonicalizer
-        if isinstance(canon, OctahedralChoice):
-            prior = prior + self.prior.choice_loss(canon.last_base_rotation, canon.last_logits, canon.candidates)
+        choice = _octahedral_choice(model.canonicalizer)
+        if choice is not None:
+            prior = prior + self.prior.choice_loss(choice.last_base_rotation, choice.last_logits, choice.candidates)
         metrics = {"loss": task + prior, "task_loss": task, "prior": prior}
         if not target.is_floating_point():
             metrics["acc"] = (out.argmax(-1) == target).float().mean()
@@ -249,6 +249,8 @@ class AdaptBenchConfig(HardwareSettings, CanonicalizerSettings):
     canon_num_points: int | None = 32
     canon_choice: bool = False  # wrap it in an OctahedralChoice (a learned choice among the cube rotations)
     canon_choice_hidden: int = 64
+    canon_regression: bool = False  # wrap it (after the choice) in a RegressedOrientation (a continuous correction)
+    canon_regression_hidden: int = 64
     # adaptations
     runs: list[dict[str, Any]] = field(
         default_factory=lambda: [{"prior": "none"}, {"prior": "identity", "beta": 1.0},
@@ -290,6 +292,8 @@ class AdaptBenchConfig(HardwareSettings, CanonicalizerSettings):
         spec = model_spec("learned", self.backbone, self.shapes_config(), num_classes)["config"]["canonicalizer"]
         if self.canon_choice:
             spec = {"name": "octahedral_choice", "config": {"base": spec, "hidden": self.canon_choice_hidden}}
+        if self.canon_regression:
+            spec = {"name": "regressed_orientation", "config": {"base": spec, "hidden": self.canon_regression_hidden}}
         return spec
 
     def train_config(self, max_epochs: int, lr: float) -> TrainConfig:
@@ -394,7 +398,7 @@ def evaluate(model: nn.Module, pos: Tensor, label: Tensor, seed: int, batch_size
     (fraction within 10° of the identity), ``mean_angle_deg`` (mean geodesic angle to it),
     ``up_angle_deg`` (mean angle between the canonical and the input z axis: what the axis prior
     constrains) and ``invariance_error`` (SO(3), 8 clouds, 2 trials); None otherwise. For an
-    :class:`~geocanon.OctahedralChoice` canonicalizer also ``choice_ceiling``: the upright accuracy when
+    :class:`~geocanon.OctahedralChoice` among its canonicalizers also ``choice_ceiling``: the upright accuracy when
     each cloud gets the candidate that brings the canonical "up" closest to the input's (an oracle
     choice: what a perfect head could reach with these base frames).
     """
@@ -414,22 +418,41 @@ def evaluate(model: nn.Module, pos: Tensor, label: Tensor, seed: int, batch_size
             mean_angle_deg=mean_angle_to_identity(rotation),
             up_angle_deg=math.degrees(cos_up.acos().mean().item()),
         )
-        if isinstance(model.canonicalizer, OctahedralChoice):
-            row["choice_ceiling"] = _choice_ceiling(model, pos, label, batch_size)
+        choice = _octahedral_choice(model.canonicalizer)
+        if choice is not None:
+            row["choice_ceiling"] = _choice_ceiling(model.backbone, choice, pos, label, batch_size)
     row["invariance_error"] = equivariance_error(model, pos[:8], group="SO3", output="invariant", trials=2, seed=seed)
     return row
 
 
-def _choice_ceiling(model: Canonicalized, pos: Tensor, label: Tensor, batch_size: int) -> float:
+def _octahedral_choice(canon: nn.Module) -> OctahedralChoice | None:
+    """The OctahedralChoice in a chain of canonicalizers wrapping one another through ``.base``, if any."""
+    while canon is not None and not isinstance(canon, OctahedralChoice):
+        canon = getattr(canon, "base", None)
+    return canon
+
+
+def _forget_last_call(model: nn.Module) -> None:
+    """Drop what modules keep of their last forward (``last_frame``, ``last_logits``, ...).
+
+    Those tensors hold the autograd graph of that call, which ``copy.deepcopy`` refuses.
+    """
+    for module in model.modules():
+        for name in [n for n in vars(module) if n.startswith("last_")]:
+            setattr(module, name, None)
+
+
+def _choice_ceiling(
+    backbone: nn.Module, choice: OctahedralChoice, pos: Tensor, label: Tensor, batch_size: int
+) -> float:
     """Upright accuracy (percent) with the oracle candidate of an OctahedralChoice (see :func:`evaluate`)."""
-    choice = model.canonicalizer
     with torch.no_grad():
         base = torch.cat([choice.base(pos[i : i + batch_size]).rotation for i in range(0, len(pos), batch_size)])
         up = torch.tensor(UP, dtype=base.dtype)
         best = (base[:, None] @ choice.candidates.to(base.dtype) @ up)[..., 2].argmax(1)  # [S]
         frames = base @ choice.candidates.to(base.dtype)[best]
         canonical = torch.einsum("snd,sde->sne", pos, frames)  # clouds are centred: no translation (SO3)
-    return _accuracy(model.backbone, canonical, label, batch_size)
+    return _accuracy(backbone, canonical, label, batch_size)
 
 
 def _stage_time(run_dir: Path) -> tuple[float, int]:
@@ -494,6 +517,11 @@ def _markdown(cfg: AdaptBenchConfig, payload: dict[str, Any]) -> str:
                 f" wrapped in an OctahedralChoice (a PointNet head of width {cfg.canon_choice_hidden} picks one of the "
                 "24 cube rotations from the base-canonical cloud; the prior trains it through its choice loss)"
                 if cfg.canon_choice else ""
+            )
+            + (
+                f", then in a RegressedOrientation (a PointNet head of width {cfg.canon_regression_hidden} regresses "
+                "a rotation from the canonical cloud, trained through the prior on the final frame)"
+                if cfg.canon_regression else ""
             )
             + f" for {cfg.adapt_epochs} epochs at lr {cfg.adapt_lr:g} with loss = cross-entropy + "
             f"β · prior on the training clouds as pretrained; fine-tuning then trains both for {cfg.finetune_epochs} "
@@ -590,10 +618,7 @@ def run(
                                  resume=resume)  # fmt: skip
         model, stage, trained = adapted[key], stem / "adapt", count_parameters(adapted[key].canonicalizer)
         if spec["finetune"]:
-            # the last forward's frame (and choice logits) keep their autograd graph: deepcopy refuses them
-            model.last_frame = None
-            if isinstance(model.canonicalizer, OctahedralChoice):
-                model.canonicalizer.last_base_rotation = model.canonicalizer.last_logits = None
+            _forget_last_call(model)
             model = finetune(copy.deepcopy(model), train, val, prior, cfg.train_config(cfg.finetune_epochs,
                              cfg.finetune_lr), stem, rotation=cfg.pretrain_rotation, resume=resume)  # fmt: skip
             stage, trained = stem / "finetune", count_parameters(model)

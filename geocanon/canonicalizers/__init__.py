@@ -4,6 +4,7 @@ from .base import Canonicalizer
 from .choice import OctahedralChoice, cube_rotations
 from .identity import IdentityCanonicalizer
 from .learned import E3nnCanonicalizer
+from .orientation import RegressedOrientation
 from .pca import PCACanonicalizer, principal_axes
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "IdentityCanonicalizer",
     "OctahedralChoice",
     "PCACanonicalizer",
+    "RegressedOrientation",
     "cube_rotations",
     "principal_axes",
 ]

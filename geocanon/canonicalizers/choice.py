@@ -19,9 +19,10 @@ from __future__ import annotations
 import itertools
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..frames import Frame, has_reflections
+from ..nn.pointnet import CloudHead
 from .base import Canonicalizer
 
 __all__ = ["OctahedralChoice", "cube_rotations"]
@@ -62,9 +63,7 @@ class OctahedralChoice(Canonicalizer):
         self.num_scalar_features = base.num_scalar_features
         self.num_vector_features = base.num_vector_features
         self.register_buffer("candidates", cube_rotations(has_reflections(base.group)), persistent=False)
-        k = self.candidates.shape[0]
-        self.point_mlp = nn.Sequential(nn.Linear(3, hidden), nn.ReLU(), nn.Linear(hidden, 2 * hidden), nn.ReLU())
-        self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, k))
+        self.chooser = CloudHead(self.candidates.shape[0], hidden)
         self.last_base_rotation: Tensor | None = None
         self.last_logits: Tensor | None = None
 
@@ -74,9 +73,7 @@ class OctahedralChoice(Canonicalizer):
 
     def frame(self, pos: Tensor, mask: Tensor, scalars: Tensor | None, vectors: Tensor | None) -> Frame:
         base = self.base.frame(pos, mask, scalars, vectors)
-        canonical = base.to_canonical_points(pos)  # [B, N, 3], invariant
-        features = self.point_mlp(canonical).masked_fill(~mask[..., None], float("-inf"))
-        logits = self.head(features.amax(1))  # [B, K]
+        logits = self.chooser(base.to_canonical_points(pos), mask)  # [B, K], from the invariant canonical cloud
         self.last_base_rotation, self.last_logits = base.rotation, logits
         choice = self.candidates.to(pos.dtype)[logits.argmax(-1)]  # [B, 3, 3]
         return Frame(base.rotation @ choice, base.translation)

@@ -13,7 +13,7 @@ from torch_geometric.utils import scatter
 
 from ..validation import check_dense_batch
 
-__all__ = ["PointNet", "TNet", "transform_regularizer"]
+__all__ = ["CloudHead", "PointNet", "TNet", "transform_regularizer"]
 
 
 def transform_regularizer(transform: Tensor) -> Tensor:
@@ -36,6 +36,33 @@ def _point_mlp(widths: list[int]) -> nn.Sequential:
     for c_in, c_out in zip(widths[:-1], widths[1:]):
         layers += [nn.Linear(c_in, c_out, bias=False), nn.BatchNorm1d(c_out), nn.ReLU()]
     return nn.Sequential(*layers)
+
+
+class CloudHead(nn.Module):
+    """A small PointNet reading whole clouds: per-point MLP d → hidden → 2·hidden, masked max-pool, MLP → out.
+
+    Used by the canonicalizers that refine a base frame from the (invariant) base-canonical cloud.
+    No BatchNorm, so padded batches and single clouds give the same output in train and eval mode.
+
+    Args:
+        out_features: size of the output per cloud.
+        hidden: width (the pooled feature has 2·hidden channels).
+        in_features: per-point input size d.
+
+    Shapes: ``x`` [B, N, d], ``mask`` [B, N] bool (True: real point) → [B, out_features].
+    """
+
+    def __init__(self, out_features: int, hidden: int = 64, in_features: int = 3) -> None:
+        super().__init__()
+        self.point_mlp = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 2 * hidden), nn.ReLU()
+        )
+        self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """[B, N, d] points (+ [B, N] mask) -> [B, out_features]."""
+        features = self.point_mlp(x).masked_fill(~mask[..., None], float("-inf"))
+        return self.head(features.amax(1))
 
 
 class TNet(nn.Module):
