@@ -212,6 +212,16 @@ def test_warm_start_continues_earlier_models(quick: tuple[ShapesBenchConfig, dic
         _warm_start(checkpoint.build(model_spec("learned", "pointnet", mismatched, classes)), key, mismatched, fresh, False)
 
 
+def test_learned_with_a_regression_head_is_invariant() -> None:
+    from geocanon import RegressedOrientation
+
+    model = checkpoint.build(model_spec("learned", "pointnet", ShapesBenchConfig(canon_regression=True, width_scale=0.1), 5))
+    assert isinstance(model.canonicalizer, RegressedOrientation)
+    torch.nn.init.normal_(model.canonicalizer.regressor.head[-1].weight)
+    pos = torch.randn(4, 64, 3) * torch.tensor([2.0, 1.0, 0.5])
+    assert equivariance_error(model.eval(), pos, group="SO3", output="invariant") < 1e-4
+
+
 def test_rotations_are_seeded_and_of_the_right_kind() -> None:
     pos = torch.randn(5, 20, 3)
     z = rotate_clouds(pos, "z", 7)

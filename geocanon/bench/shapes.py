@@ -6,7 +6,8 @@ Methods, all trained by the same harness with the same data and budget:
 * ``pca``: the backbone in the PCA frame (:class:`~geocanon.PCACanonicalizer`);
 * ``learned`` / ``learned-o3``: the backbone in a learned frame (:class:`~geocanon.E3nnCanonicalizer`,
   group ``canon_group`` (SO3 by default) / O3 — O3 identifies mirror images, so it cannot tell
-  SyntheticShapes' ``helix_left`` from ``helix_right``);
+  SyntheticShapes' ``helix_left`` from ``helix_right``); with ``canon_regression`` it is wrapped in a
+  :class:`~geocanon.RegressedOrientation`, whose rotation head the classification loss trains;
 * ``frame-averaging``: :class:`~geocanon.FrameAveraged` over the 4 proper PCA sign frames.
 
 Backbones: ``pointnet`` and ``dgcnn``. Protocols ``train/test``: ``z/z``, ``z/SO3``, ``SO3/SO3``, where
@@ -132,6 +133,8 @@ class ShapesBenchConfig(HardwareSettings, CanonicalizerSettings):
     canon_k: int = 8
     canon_num_points: int | None = 64
     canon_pseudovectors: bool = False  # SO3 only: 1e output channels (see EquivariantVectorNetwork)
+    canon_regression: bool = False  # wrap it in a RegressedOrientation trained by the task loss
+    canon_regression_hidden: int = 64
     # frame averaging: "all" K frames per training step, or one "sampled" frame (see FrameAveraged)
     fa_train_frames: str = "all"
     # optimisation
@@ -266,6 +269,8 @@ def model_spec(method: str, backbone: str, cfg: ShapesBenchConfig, num_classes: 
             num_points=cfg.canon_num_points,
             **({"pseudovector_outputs": True} if cfg.canon_pseudovectors and method == "learned" else {}),
         )
+        if cfg.canon_regression:
+            canon = {"name": "regressed_orientation", "config": {"base": canon, "hidden": cfg.canon_regression_hidden}}
     return {"name": "canonicalized", "config": {"backbone": net, "canonicalizer": canon, "output": "invariant"}}
 
 
@@ -761,7 +766,9 @@ def _markdown(cfg: ShapesBenchConfig, payload: dict[str, Any]) -> str:
             "as "
             "`plain` SO3/SO3. "
             + (shared if cfg.share_invariant_training else "")
-            + f"`learned` uses an E3nnCanonicalizer of group {cfg.canon_group}, `learned-o3` one of group O3.\n"
+            + f"`learned` uses an E3nnCanonicalizer of group {cfg.canon_group}, `learned-o3` one of group O3"
+            + (" (each wrapped in a RegressedOrientation trained by the task loss)" if cfg.canon_regression else "")
+            + ".\n"
         ),
         markdown_table(_pivot(rows), ["method", "backbone", "points", "epochs", "trained with", *cfg.protocols]),
     ]
