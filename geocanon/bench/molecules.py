@@ -33,8 +33,7 @@ from .. import checkpoint
 from ..canonicalizers.learned import E3nnCanonicalizer
 from ..data.molecules import MoleculeDataset, one_hot_species, read_molecules
 from ..frames import random_group_element
-from .. import testing
-from ..testing import equivariance_error
+from ..testing import equivariance_error, frame_sensitivity
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
 from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
@@ -233,7 +232,7 @@ def frame_sensitivity(model: nn.Module, data: MoleculeDataset, jitter: float = 0
     if not isinstance(canon, E3nnCanonicalizer):
         return None
     species = one_hot_species(data.numbers, model.species, data.pos.dtype)
-    return testing.frame_sensitivity(canon, data.pos, jitter, mask=data.mask, seed=seed, scalars=species)
+    return frame_sensitivity(canon, data.pos, jitter, mask=data.mask, seed=seed, scalars=species)
 
 
 def pca_gap(data: MoleculeDataset) -> Tensor:
