@@ -33,7 +33,7 @@ from .. import checkpoint
 from ..canonicalizers.learned import E3nnCanonicalizer
 from ..data.molecules import MoleculeDataset, one_hot_species, read_molecules
 from ..frames import random_group_element
-from ..testing import equivariance_error, frame_sensitivity
+from .. import testing
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
 from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
@@ -232,7 +232,7 @@ def frame_sensitivity(model: nn.Module, data: MoleculeDataset, jitter: float = 0
     if not isinstance(canon, E3nnCanonicalizer):
         return None
     species = one_hot_species(data.numbers, model.species, data.pos.dtype)
-    return frame_sensitivity(canon, data.pos, jitter, mask=data.mask, seed=seed, scalars=species)
+    return testing.frame_sensitivity(canon, data.pos, jitter, mask=data.mask, seed=seed, scalars=species)
 
 
 def pca_gap(data: MoleculeDataset) -> Tensor:
@@ -273,8 +273,8 @@ def measure(model: nn.Module, data: MoleculeDataset, group: str = "E3") -> dict[
     def energy(p: Tensor, numbers: Tensor) -> Tensor:
         return model(p, numbers)[0]
 
-    result["force_equivariance_error"] = equivariance_error(forces, pos, group, "vector", scalars={"numbers": numbers}, trials=4)
-    result["energy_invariance_error"] = equivariance_error(energy, pos, group, "invariant", scalars={"numbers": numbers}, trials=4)
+    result["force_equivariance_error"] = testing.equivariance_error(forces, pos, group, "vector", scalars={"numbers": numbers}, trials=4)
+    result["energy_invariance_error"] = testing.equivariance_error(energy, pos, group, "invariant", scalars={"numbers": numbers}, trials=4)
     batch = slice(0, min(100, len(data)))
     seconds = time_per_call(lambda: model(data.pos[batch], data.numbers[batch]))
     result["inference_ms_per_structure"] = 1000 * seconds / (batch.stop - batch.start)
