@@ -738,8 +738,9 @@ def _pivot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "method": method,
             "backbone": backbone,
             "points": mine[0]["points"],
-            "epochs": mine[0]["epochs"],
-            "trained with": ", ".join(sorted({r["train_rotation"] for r in mine})),
+            # plain's SO3/SO3 cell is the augment training: its epochs can differ from plain's z training
+            "epochs": ", ".join(str(e) for e in dict.fromkeys(r["epochs"] for r in mine)),
+            "trained with": ", ".join(dict.fromkeys(r["train_rotation"] for r in mine)),
         }
         line.update({r["protocol"]: f"{r['accuracy']:.1f} ({r['mean_class_accuracy']:.1f})" for r in mine})
         lines.append(line)
@@ -769,6 +770,12 @@ def _markdown(cfg: ShapesBenchConfig, payload: dict[str, Any]) -> str:
             + f"`learned` uses an E3nnCanonicalizer of group {cfg.canon_group}, `learned-o3` one of group O3"
             + (" (each wrapped in a RegressedOrientation trained by the task loss)" if cfg.canon_regression else "")
             + ".\n"
+            + (
+                f"Warm restarts: {', '.join(sorted(warm))} continued the model of an earlier run (`warm_start` in the "
+                "JSON) for this run's epochs with a fresh optimizer and schedule; epochs and train_time_s are totals.\n"
+                if (warm := {r["method"] for r in rows if r.get("warm_start")})
+                else ""
+            )
         ),
         markdown_table(_pivot(rows), ["method", "backbone", "points", "epochs", "trained with", *cfg.protocols]),
     ]
