@@ -38,7 +38,7 @@ def test_every_method_trains_and_is_reported(smoke):
     for key in ("command", "commit", "hardware", "date", "wall_time_s", "seeds"):
         assert key in saved["provenance"]
     errors = {s["method"]: s["equivariance_error_max"] for s in payload["summary"]}
-    for method in ("canonicalized", "canonicalized-offset", "pca", "egnn", "linear"):
+    for method in ("canonicalized", "canonicalized-offset", "pca", "frame-averaging", "egnn", "linear"):
         assert errors[method] < 1e-4, (method, errors[method])
     assert errors["plain"] > 1e-3  # the measurement can fail: the bare GNN is not equivariant
 

@@ -7,6 +7,8 @@ Methods, all trained by the same harness with the same budget:
 * ``canonicalized-offset``: the same with a learned translation offset;
 * ``plain``: the GNN alone; ``augment``: the GNN with random E(3) data augmentation;
 * ``pca``: the GNN in the PCA frame of the particle positions;
+* ``frame-averaging``: the GNN averaged over the 8 PCA frames of the positions (Puny et al. 2022;
+  ``fa_train_frames: sampled`` trains through one random frame per sample and step);
 * ``egnn``: an E(n)-equivariant GNN written here; ``linear``: ``pos + α vel``.
 
 Each method reports test MSE at the best-validation epoch (mean ± std over seeds), its measured E(3)
@@ -35,7 +37,7 @@ from .results import markdown_table, provenance, write_results
 
 __all__ = ["NBodyBenchConfig", "METHODS", "PUBLISHED", "model_spec", "NBodyObjective", "run", "evaluate_checkpoint"]
 
-METHODS = ("canonicalized", "canonicalized-offset", "plain", "augment", "pca", "egnn", "linear")
+METHODS = ("canonicalized", "canonicalized-offset", "plain", "augment", "pca", "frame-averaging", "egnn", "linear")
 
 #: published test MSE on charged5_initvel1small (EGNN paper Table 2; SEGNN; Kaba et al. 2023)
 PUBLISHED = {
@@ -71,6 +73,8 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     relative_positions: bool = True
     # canonicalizer (the other canon_* fields: CanonicalizerSettings)
     canon_hidden_mul: int = 16
+    # frame averaging: "all" 8 frames per training step, or one "sampled" frame (see FrameAveraged)
+    fa_train_frames: str = "all"
     # optimisation
     max_epochs: int = 1000
     batch_size: int = 100
@@ -104,6 +108,12 @@ def model_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
         return {"name": "egnn", "config": {"hidden": cfg.hidden, "layers": cfg.layers, "activation": cfg.activation}}
     if method == "linear":
         return {"name": "linear_velocity", "config": {}}
+    if method == "frame-averaging":
+        return {
+            "name": "frame_averaged",
+            "config": {"backbone": gnn, "group": "E3", "output": "position", "vector_features": ["vel"],
+                       "scalar_features": ["charge"], "train_frames": cfg.fa_train_frames},
+        }  # fmt: skip
     if method == "pca":
         canon = {"name": "pca", "config": {"group": "E3"}}
     else:
