@@ -1,6 +1,6 @@
 """Canonicalizers: modules mapping a batch of clouds to one Frame per cloud."""
 
-from .base import Canonicalizer
+from .base import Canonicalizer, CorrectedCanonicalizer
 from .choice import OctahedralChoice, cube_rotations
 from .identity import IdentityCanonicalizer
 from .learned import E3nnCanonicalizer
@@ -9,6 +9,7 @@ from .pca import PCACanonicalizer, principal_axes
 
 __all__ = [
     "Canonicalizer",
+    "CorrectedCanonicalizer",
     "E3nnCanonicalizer",
     "IdentityCanonicalizer",
     "OctahedralChoice",

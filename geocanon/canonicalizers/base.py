@@ -9,7 +9,7 @@ from ..frames import Frame, Group, has_reflections, has_translations
 from ..layout import dense_inputs
 from ..validation import check_features, check_points
 
-__all__ = ["Canonicalizer"]
+__all__ = ["Canonicalizer", "CorrectedCanonicalizer"]
 
 
 class Canonicalizer(nn.Module):
@@ -89,3 +89,32 @@ class Canonicalizer(nn.Module):
         if has_translations(self.group):
             return self.centroid(pos, mask)
         return pos.new_zeros(pos.shape[0], 3)
+
+
+class CorrectedCanonicalizer(Canonicalizer):
+    """``R = R0 · C``: a base canonicalizer's frame times a rotation read from the base-canonical cloud.
+
+    The base-canonical cloud is invariant, so ``C`` (computed by the subclass's :meth:`correction`) is
+    invariant and ``R`` exactly equivariant. The group, the features read and the translation are the
+    base's. Attributes set by each call: ``last_base_rotation`` [B, 3, 3] (``R0``).
+    """
+
+    def __init__(self, base: Canonicalizer) -> None:
+        super().__init__(base.group)
+        self.base = base
+        self.num_scalar_features = base.num_scalar_features
+        self.num_vector_features = base.num_vector_features
+        self.last_base_rotation: Tensor | None = None
+
+    @property
+    def min_rank(self) -> int:
+        return self.base.min_rank
+
+    def correction(self, canonical: Tensor, mask: Tensor) -> Tensor:
+        """``C`` [B, 3, 3] from the base-canonical cloud [B, N, 3] (mask [B, N])."""
+        raise NotImplementedError
+
+    def frame(self, pos: Tensor, mask: Tensor, scalars: Tensor | None, vectors: Tensor | None) -> Frame:
+        base = self.base.frame(pos, mask, scalars, vectors)
+        self.last_base_rotation = base.rotation
+        return Frame(base.rotation @ self.correction(base.to_canonical_points(pos), mask), base.translation)

@@ -21,9 +21,9 @@ import itertools
 import torch
 from torch import Tensor
 
-from ..frames import Frame, has_reflections
+from ..frames import has_reflections
 from ..nn.pointnet import CloudHead
-from .base import Canonicalizer
+from .base import Canonicalizer, CorrectedCanonicalizer
 
 __all__ = ["OctahedralChoice", "cube_rotations"]
 
@@ -43,7 +43,7 @@ def cube_rotations(reflections: bool = False, dtype: torch.dtype | None = None) 
     return torch.stack(mats)
 
 
-class OctahedralChoice(Canonicalizer):
+class OctahedralChoice(CorrectedCanonicalizer):
     """``R = R0 · P_k``: a base frame times the cube rotation a PointNet head picks from the base-canonical cloud.
 
     Args:
@@ -58,22 +58,12 @@ class OctahedralChoice(Canonicalizer):
     """
 
     def __init__(self, base: Canonicalizer, hidden: int = 64) -> None:
-        super().__init__(base.group)
-        self.base = base
-        self.num_scalar_features = base.num_scalar_features
-        self.num_vector_features = base.num_vector_features
+        super().__init__(base)
         self.register_buffer("candidates", cube_rotations(has_reflections(base.group)), persistent=False)
         self.chooser = CloudHead(self.candidates.shape[0], hidden)
-        self.last_base_rotation: Tensor | None = None
         self.last_logits: Tensor | None = None
 
-    @property
-    def min_rank(self) -> int:
-        return self.base.min_rank
-
-    def frame(self, pos: Tensor, mask: Tensor, scalars: Tensor | None, vectors: Tensor | None) -> Frame:
-        base = self.base.frame(pos, mask, scalars, vectors)
-        logits = self.chooser(base.to_canonical_points(pos), mask)  # [B, K], from the invariant canonical cloud
-        self.last_base_rotation, self.last_logits = base.rotation, logits
-        choice = self.candidates.to(pos.dtype)[logits.argmax(-1)]  # [B, 3, 3]
-        return Frame(base.rotation @ choice, base.translation)
+    def correction(self, canonical: Tensor, mask: Tensor) -> Tensor:
+        """The candidate with the highest logit [B, 3, 3]; the logits [B, K] are kept in ``last_logits``."""
+        self.last_logits = self.chooser(canonical, mask)
+        return self.candidates.to(canonical.dtype)[self.last_logits.argmax(-1)]

@@ -16,14 +16,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..frames import Frame, gram_schmidt
+from ..frames import gram_schmidt
 from ..nn.pointnet import CloudHead
-from .base import Canonicalizer
+from .base import Canonicalizer, CorrectedCanonicalizer
 
 __all__ = ["RegressedOrientation"]
 
 
-class RegressedOrientation(Canonicalizer):
+class RegressedOrientation(CorrectedCanonicalizer):
     """``R = R0 · C``: a base frame times a proper rotation ``C`` regressed from the base-canonical cloud.
 
     Args:
@@ -40,10 +40,7 @@ class RegressedOrientation(Canonicalizer):
     """
 
     def __init__(self, base: Canonicalizer, hidden: int = 64) -> None:
-        super().__init__(base.group)
-        self.base = base
-        self.num_scalar_features = base.num_scalar_features
-        self.num_vector_features = base.num_vector_features
+        super().__init__(base)
         self.regressor = CloudHead(6, hidden)
         last = self.regressor.head[-1]
         with torch.no_grad():  # start at C = I: the two vectors are the canonical x and y axes
@@ -51,13 +48,8 @@ class RegressedOrientation(Canonicalizer):
             last.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
         self.last_correction: Tensor | None = None
 
-    @property
-    def min_rank(self) -> int:
-        return self.base.min_rank
-
-    def frame(self, pos: Tensor, mask: Tensor, scalars: Tensor | None, vectors: Tensor | None) -> Frame:
-        base = self.base.frame(pos, mask, scalars, vectors)
-        two_vectors = self.regressor(base.to_canonical_points(pos), mask).unflatten(-1, (2, 3))  # [B, 2, 3]
-        correction = gram_schmidt(two_vectors, "SO3")  # [B, 3, 3], columns in base-canonical coordinates
-        self.last_correction = correction
-        return Frame(base.rotation @ correction, base.translation)
+    def correction(self, canonical: Tensor, mask: Tensor) -> Tensor:
+        """Gram–Schmidt of the two regressed vectors [B, 3, 3] (columns in base-canonical coordinates)."""
+        two_vectors = self.regressor(canonical, mask).unflatten(-1, (2, 3))  # [B, 2, 3]
+        self.last_correction = gram_schmidt(two_vectors, "SO3")
+        return self.last_correction
