@@ -20,6 +20,9 @@ from .canonicalizers.base import Canonicalizer
 from .canonicalizers.frame_averaging import pca_frames
 from .frames import Frame, Group
 
+#: ``FrameAveraged(train_frames=...)``: every frame in each training step, or one sampled frame per cloud
+TRAIN_FRAMES = ("all", "sampled")
+
 __all__ = ["Canonicalized", "FrameAveraged", "OutputType", "map_back"]
 
 OutputType = Literal["invariant", "vector", "position"]
@@ -166,8 +169,8 @@ class FrameAveraged(_FeatureRouting):
         train_frames: str = "all",
     ) -> None:
         super().__init__(backbone, output, vector_features, scalar_features)
-        if train_frames not in ("all", "sampled"):
-            raise ValueError(f"train_frames must be 'all' or 'sampled', got {train_frames!r}")
+        if train_frames not in TRAIN_FRAMES:
+            raise ValueError(f"train_frames must be one of {TRAIN_FRAMES}, got {train_frames!r}")
         self.group = group
         self.train_frames = train_frames
 

@@ -75,3 +75,5 @@ def test_model_specs_build_for_every_method():
 def test_config_rejects_unknown_method():
     with pytest.raises(ValueError, match="unknown N-body methods"):
         NBodyBenchConfig(methods=["transformer"])
+    with pytest.raises(ValueError, match="fa_train_frames"):
+        NBodyBenchConfig(fa_train_frames="one")
