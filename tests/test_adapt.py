@@ -132,6 +132,13 @@ def test_evaluate_reports_frame_diagnostics() -> None:
     assert row["n_test"] == 12 and 0.0 <= row["accuracy_so3"] <= 100.0
     bare = evaluate(backbone, pos, label, seed=0)
     assert bare["within_10deg"] is None and bare["accuracy_upright"] == row["accuracy_upright"]
+    # per class: 14 entries, None for classes without test clouds, averaging back to the overall accuracy
+    wide = evaluate(backbone, pos, label, seed=0, num_classes=14)["per_class"]
+    assert len(wide["upright"]) == 14 and wide["choice_ceiling"] is None
+    present = torch.bincount(label, minlength=14)
+    assert all((v is None) == (n == 0) for v, n in zip(wide["upright"], present.tolist()))
+    weighted = sum(v * n for v, n in zip(wide["upright"], present.tolist()) if v is not None) / len(label)
+    assert weighted == pytest.approx(bare["accuracy_upright"])
 
 
 def test_config_rejects_bad_runs() -> None:
@@ -178,7 +185,9 @@ def test_cli_pretrain_adapt_finetune_then_benchmark(tmp_path: Path, capsys: pyte
     for row in payload["results"][1:]:
         assert row["invariance_error"] < 1e-4 and 0.0 <= row["within_10deg"] <= 1.0
         assert 0.0 <= row["choice_ceiling"] <= 100.0  # the oracle choice of the OctahedralChoice
-    assert "## Target" in stem.with_suffix(".md").read_text()
+    text = stem.with_suffix(".md").read_text()
+    assert "## Target" in text and "## Per class" in text
+    assert all(f"| {name} |" in text for name in payload["classes"])  # one row per class
     # adaptation only: the saved backbone is the pretrained one, bit for bit (weights and BatchNorm buffers)
     model, meta = checkpoint.load(tmp_path / "c" / "identity_beta1" / "model.pt")
     assert meta["run"] == {"prior": "identity", "beta": 1.0, "finetune": False}

@@ -386,12 +386,26 @@ def _frames(model: Canonicalized, pos: Tensor, batch_size: int) -> Tensor:
     return torch.cat(chunks)
 
 
+def _correct(model: nn.Module, pos: Tensor, label: Tensor, batch_size: int) -> Tensor:
+    """[S] bool: whether ``model`` classifies each cloud of ``pos`` [S, N, 3] as its label [S]."""
+    return classify(model, pos, batch_size) == label
+
+
 def _accuracy(model: nn.Module, pos: Tensor, label: Tensor, batch_size: int) -> float:
     """Accuracy in percent of ``model`` on clouds ``pos`` [S, N, 3] with labels [S]."""
-    return 100.0 * (classify(model, pos, batch_size) == label).double().mean().item()
+    return 100.0 * _correct(model, pos, label, batch_size).double().mean().item()
 
 
-def evaluate(model: nn.Module, pos: Tensor, label: Tensor, seed: int, batch_size: int = 64) -> dict[str, Any]:
+def _per_class(correct: Tensor, label: Tensor, num_classes: int) -> list[float | None]:
+    """Accuracy in percent per class (None for a class without test clouds) from ``correct`` [S] bool."""
+    hits = torch.bincount(label, weights=correct.double(), minlength=num_classes)
+    support = torch.bincount(label, minlength=num_classes)
+    return [100.0 * h / n if n else None for h, n in zip(hits.tolist(), support.tolist())]
+
+
+def evaluate(
+    model: nn.Module, pos: Tensor, label: Tensor, seed: int, batch_size: int = 64, num_classes: int | None = None
+) -> dict[str, Any]:
     """Accuracy (percent) on upright clouds ``pos`` [S, N, 3] and on the same clouds SO(3)-rotated (``seed``).
 
     For a :class:`~geocanon.Canonicalized` model also the frames of the upright clouds: ``within_10deg``
@@ -401,13 +415,19 @@ def evaluate(model: nn.Module, pos: Tensor, label: Tensor, seed: int, batch_size
     :class:`~geocanon.OctahedralChoice` among its canonicalizers also ``choice_ceiling``: the upright accuracy when
     each cloud gets the candidate that brings the canonical "up" closest to the input's (an oracle
     choice: what a perfect head could reach with these base frames).
+    ``per_class`` holds the upright, SO(3) and ceiling accuracies of every class (lists of length
+    ``num_classes``, default ``label.max() + 1``; None where not measured).
     """
-    rotated = rotate_clouds(pos, "SO3", seed)
+    classes = int(label.max()) + 1 if num_classes is None else num_classes
+    upright = _correct(model, pos, label, batch_size)
+    so3 = _correct(model, rotate_clouds(pos, "SO3", seed), label, batch_size)
     row: dict[str, Any] = {
-        "accuracy_upright": _accuracy(model, pos, label, batch_size),
-        "accuracy_so3": _accuracy(model, rotated, label, batch_size),
+        "accuracy_upright": 100.0 * upright.double().mean().item(),
+        "accuracy_so3": 100.0 * so3.double().mean().item(),
         "n_test": len(label),
         "within_10deg": None, "mean_angle_deg": None, "up_angle_deg": None, "choice_ceiling": None,
+        "per_class": {"upright": _per_class(upright, label, classes), "so3": _per_class(so3, label, classes),
+                      "choice_ceiling": None},
     }  # fmt: skip
     if isinstance(model, Canonicalized):
         rotation = _frames(model, pos, batch_size)
@@ -420,7 +440,9 @@ def evaluate(model: nn.Module, pos: Tensor, label: Tensor, seed: int, batch_size
         )
         choice = _octahedral_choice(model.canonicalizer)
         if choice is not None:
-            row["choice_ceiling"] = _choice_ceiling(model.backbone, choice, pos, label, batch_size)
+            ceiling = _choice_ceiling(model.backbone, choice, pos, label, batch_size)
+            row["choice_ceiling"] = 100.0 * ceiling.double().mean().item()
+            row["per_class"]["choice_ceiling"] = _per_class(ceiling, label, classes)
     row["invariance_error"] = equivariance_error(model, pos[:8], group="SO3", output="invariant", trials=2, seed=seed)
     return row
 
@@ -444,15 +466,15 @@ def _forget_last_call(model: nn.Module) -> None:
 
 def _choice_ceiling(
     backbone: nn.Module, choice: OctahedralChoice, pos: Tensor, label: Tensor, batch_size: int
-) -> float:
-    """Upright accuracy (percent) with the oracle candidate of an OctahedralChoice (see :func:`evaluate`)."""
+) -> Tensor:
+    """[S] bool: correct on upright clouds with the oracle candidate of an OctahedralChoice (see :func:`evaluate`)."""
     with torch.no_grad():
         base = torch.cat([choice.base(pos[i : i + batch_size]).rotation for i in range(0, len(pos), batch_size)])
         up = torch.tensor(UP, dtype=base.dtype)
         best = (base[:, None] @ choice.candidates.to(base.dtype) @ up)[..., 2].argmax(1)  # [S]
         frames = base @ choice.candidates.to(base.dtype)[best]
         canonical = torch.einsum("snd,sde->sne", pos, frames)  # clouds are centred: no translation (SO3)
-    return _accuracy(backbone, canonical, label, batch_size)
+    return _correct(backbone, canonical, label, batch_size)
 
 
 def _stage_time(run_dir: Path) -> tuple[float, int]:
@@ -466,14 +488,24 @@ ROW_COLUMNS = ["model", "prior", "beta", "finetuned", "accuracy_upright", "accur
                "train_time_s"]  # fmt: skip
 
 
+def _prior_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The adapted (not fine-tuned) rows trained with a prior."""
+    return [r for r in rows if r["prior"] not in (None, "none") and not r["finetuned"]]
+
+
+def _selected(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The prior row with the best validation accuracy (the model selection the target is judged on)."""
+    return max(_prior_rows(rows), key=lambda r: r["val_accuracy"])
+
+
 def _verdict(rows: list[dict[str, Any]], n_test: int) -> str:
     """The target (prior rows' SO(3) accuracy within 1 point of the pretrained upright accuracy, above no prior)."""
     pretrained = next(r for r in rows if r["model"] == "pretrained")
     base = next((r for r in rows if r["prior"] == "none" and not r["finetuned"]), None)
-    prior_rows = [r for r in rows if r["prior"] not in (None, "none") and not r["finetuned"]]
+    prior_rows = _prior_rows(rows)
     if not prior_rows:
         return ""
-    best = max(prior_rows, key=lambda r: r["val_accuracy"])
+    best = _selected(rows)
     gap = best["accuracy_so3"] - pretrained["accuracy_upright"]
     lines = [
         (
@@ -499,6 +531,31 @@ def _verdict(rows: list[dict[str, Any]], n_test: int) -> str:
         + "."
     )
     return "\n".join(lines)
+
+
+def _per_class_table(rows: list[dict[str, Any]], classes: list[str]) -> str:
+    """Per-class SO(3) accuracies of the pretrained, unprior'd, selected-prior and fine-tuned models (Markdown)."""
+    if not _prior_rows(rows):
+        return ""
+    best, pretrained = _selected(rows), next(r for r in rows if r["model"] == "pretrained")
+    columns: dict[str, list[float | None]] = {
+        "pretrained upright": pretrained["per_class"]["upright"],
+        "pretrained SO(3)": pretrained["per_class"]["so3"],
+    }
+    for row in rows:
+        if row["prior"] == "none" and not row["finetuned"]:
+            columns["no prior SO(3)"] = row["per_class"]["so3"]
+    columns[f"{best['model']} SO(3)"] = best["per_class"]["so3"]
+    if best["per_class"]["choice_ceiling"] is not None:
+        columns[f"{best['model']} choice_ceiling"] = best["per_class"]["choice_ceiling"]
+    for row in rows:
+        if row["finetuned"]:
+            columns[f"{row['model']} SO(3)"] = row["per_class"]["so3"]
+    table = [{"class": name, **{key: values[i] for key, values in columns.items()}} for i, name in enumerate(classes)]
+    return (
+        "\n## Per class\n\nTest accuracy (%) per class: where the canonicalizer loses, and whether a better choice "
+        "among its candidates could have helped (choice_ceiling).\n\n" + markdown_table(table, ["class", *columns])
+    )
 
 
 def _markdown(cfg: AdaptBenchConfig, payload: dict[str, Any]) -> str:
@@ -542,6 +599,7 @@ def _markdown(cfg: AdaptBenchConfig, payload: dict[str, Any]) -> str:
     ]
     if payload["complete"]:
         text.append(_verdict(rows, rows[0]["n_test"]))
+        text.append(_per_class_table(rows, payload["classes"]))
     text.append(
         "\nModelNet40 is run only when its data and a GPU are available "
         f"(`geocanon adapt --benchmark --config` with `dataset: modelnet40`); "
@@ -580,6 +638,7 @@ def run(
     payload: dict[str, Any] = {
         "benchmark": "adapt", "dataset": cfg.dataset, "complete": False, "data": data.source,
         "backbone_checkpoint": str(backbone_path or cfg.backbone_checkpoint), "backbone_meta_facts": meta.get("facts"),
+        "classes": data.classes,
         "units": {"accuracy_upright": "percent", "accuracy_so3": "percent", "mean_angle_deg": "degrees",
                   "up_angle_deg": "degrees"},
         "config": asdict(cfg), "results": [], "last_model": None, "provenance": {},
@@ -596,7 +655,7 @@ def run(
     def row(model: nn.Module, spec: dict[str, Any], **facts: Any) -> dict[str, Any]:
         return {
             "model": _name(spec), "prior": spec["prior"], "beta": spec["beta"], "finetuned": spec["finetune"],
-            **evaluate(model, data.test.pos, data.test.label, cfg.test_seed, cfg.eval_batch_size),
+            **evaluate(model, data.test.pos, data.test.label, cfg.test_seed, cfg.eval_batch_size, len(data.classes)),
             "val_accuracy": _accuracy(model, val_pos, data.val.label, cfg.eval_batch_size), **facts,
         }  # fmt: skip
 

@@ -10,7 +10,10 @@ trained by the shared harness on the same frames with the same budget:
 * ``canonicalized-se3``: the same with an SE(3) frame (no reflections: ``e3 = e1 × e2``);
 * ``canonicalized-mlp``: :class:`~geocanon.nn.energy.EnergyMLP` (flattened coordinates) in the E(3) frame;
 * ``augment``: the bare EnergyGNN with random E(3) augmentation (rotations, reflections, translations);
-* ``schnet``: PyG's SchNet (invariant by construction) on a dense radius graph.
+* ``schnet``: PyG's SchNet (invariant by construction) on a dense radius graph;
+* ``nequip`` (the equivariant anchor; optional, ``pip install 'geocanon[nequip]'``, not run by default):
+  NequIP trained from scratch by its own ``nequip-train`` on the same frames with the same epochs, batch
+  size, learning rate and loss weights (:mod:`geocanon.bench.nequip_anchor`).
 
 Reported per method: energy and force MAE (meV, meV/Å) on the test split (mean ± std over seeds),
 the measured E(3) equivariance error of the forces, parameters, training time, inference time per
@@ -39,6 +42,7 @@ from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
 
 __all__ = [
+    "ANCHOR_METHODS",
     "METHODS",
     "MoleculeObjective",
     "MoleculesBenchConfig",
@@ -51,6 +55,8 @@ __all__ = [
 ]
 
 METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "augment", "schnet")
+#: methods from other packages (optional dependencies): run when named in ``methods``, never by default
+ANCHOR_METHODS = ("nequip",)
 
 
 @dataclass
@@ -78,6 +84,10 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     # SchNet
     schnet_hidden: int = 64
     schnet_interactions: int = 3
+    # NequIP anchor (cutoff = cutoff; see geocanon.bench.nequip_anchor.NequIPConfig)
+    nequip_lmax: int = 1
+    nequip_layers: int = 3
+    nequip_features: int = 24
     # optimisation
     energy_weight: float = 0.01  # loss = energy_weight * MSE(E)/σ² + MSE(F)/σ², σ = force std
     max_epochs: int = 300
@@ -94,9 +104,9 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     label: str = "full"
 
     def __post_init__(self) -> None:
-        unknown = set(self.methods) - set(METHODS)
+        unknown = set(self.methods) - set(METHODS) - set(ANCHOR_METHODS)
         if unknown:
-            raise ValueError(f"unknown molecule methods {sorted(unknown)}; choose from {METHODS}")
+            raise ValueError(f"unknown molecule methods {sorted(unknown)}; choose from {METHODS + ANCHOR_METHODS}")
 
 
 def find_split(cfg: MoleculesBenchConfig, split: str) -> Path:
@@ -295,14 +305,30 @@ def _normalisation(train: MoleculeDataset) -> tuple[float, float]:
     return shift, train.forces[train.mask].std().item()
 
 
+def _train_nequip(seed: int, cfg: MoleculesBenchConfig, data: dict[str, MoleculeDataset], run_dir: Path, resume: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """NequIP with the budget and optimiser settings of ``cfg`` (see :func:`geocanon.bench.nequip_anchor.train_and_measure`)."""
+    from .nequip_anchor import NequIPConfig, train_and_measure
+
+    settings = NequIPConfig(
+        r_max=cfg.cutoff, l_max=cfg.nequip_lmax, num_layers=cfg.nequip_layers, num_features=cfg.nequip_features, seed=seed,
+        max_epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, scheduler=cfg.scheduler,
+        energy_weight=cfg.energy_weight, check_val_every_n_epoch=cfg.check_val_every_n_epoch, patience=cfg.patience,
+        accelerator=cfg.accelerator,
+    )
+    return train_and_measure(settings, data, run_dir, resume)
+
+
 def _train_one(method: str, seed: int, cfg: MoleculesBenchConfig, data: dict[str, MoleculeDataset], resume: bool) -> tuple[nn.Module, dict[str, Any]]:
+    run_dir = Path(cfg.run_dir) / cfg.molecule / method / f"seed{seed}"
+    if method == "nequip":
+        model, row = _train_nequip(seed, cfg, data, run_dir, resume)
+        return model, {"molecule": cfg.molecule, "method": method, "seed": seed, **row}
     torch.manual_seed(seed)
     shift, scale = _normalisation(data["train"])
     model = checkpoint.build(model_spec(method, cfg, data["train"].species, data["train"].pos.shape[1], shift, scale))
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, generator=generator)
     valid = DataLoader(data["valid"], batch_size=200)
-    run_dir = Path(cfg.run_dir) / cfg.molecule / method / f"seed{seed}"
     result = fit(model, MoleculeObjective(cfg.energy_weight, augment=method == "augment"), train, valid, train_config(cfg, seed), run_dir, resume)
     row = {"molecule": cfg.molecule, "method": method, "seed": seed, "best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
            "epochs_run": result.epochs_run, "train_time_s": result.train_time_s, "parameters": count_parameters(model)}
@@ -363,7 +389,8 @@ def _markdown(payload: dict[str, Any]) -> str:
         "frame_spearman = rank correlation of the per-structure force MAE with the frame conditioning "
         "min|v_i⊥|/max|v_j| of the learned canonicalizer (negative: worse near ill-conditioned frames; per-run "
         "decile numbers in the JSON). frame_change_deg_median = median angle by which the learned frame turns when "
-        "every atom is jittered by N(0, 0.01²) Å (forces differentiate through the frame).\n\n"
+        "every atom is jittered by N(0, 0.01²) Å (forces differentiate through the frame). nequip = NequIP trained by "
+        "its own nequip-train (EMA weights; train time includes its start-up).\n\n"
     )
     return header + "\n\n".join(_section(name, entry) for name, entry in sorted(payload["molecules"].items()))
 
@@ -399,6 +426,10 @@ def run(cfg: MoleculesBenchConfig, resume: bool = False, nve_steps: int = 2000) 
 
     from ..ase import Calculator, nve_drift
 
+    if "nequip" in cfg.methods:
+        from .nequip_anchor import require_nequip
+
+        require_nequip()  # before any other method trains
     start = time.perf_counter()
     data = _datasets(cfg)
     described = ", ".join(f"{s}: {d.source}" for s, d in data.items())
