@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from geocanon.nn.dgcnn import DGCNN
 from geocanon.nn.egnn import EGNN
-from geocanon.nn.gnn import NBodyGNN
+from geocanon.nn.gnn import COULOMB_SOFTENING, NBodyGNN
 from geocanon.nn.pointnet import PointNet, transform_regularizer
 
 
@@ -30,6 +30,7 @@ def _nbody_models() -> dict[str, nn.Module]:
     return {
         "gnn": NBodyGNN(hidden=16, layers=2),
         "gnn_layernorm": NBodyGNN(hidden=16, layers=2, layer_norm=True, position_residual=False),
+        "gnn_coulomb": NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True),
         "egnn": EGNN(hidden=16, layers=2),
     }
 
@@ -243,6 +244,28 @@ def test_plain_gnn_not_equivariant() -> None:
     finally:
         torch.set_default_dtype(default)
     assert _egnn_error(model, torch.float64, 1.0, None) > 1e-3
+
+
+def test_gnn_coulomb_edges_finite_for_coincident_particles() -> None:
+    """The softened Coulomb features stay finite (and bounded) when two particles coincide."""
+    torch.manual_seed(0)
+    model = NBodyGNN(hidden=8, layers=1, relative_positions=True, coulomb_edges=True).eval()
+    assert model.edge_inputs == 2 + 3 + 1 + 3
+    pos, vel, charge = _nbody_inputs(2, 5)
+    pos[0, 1] = pos[0, 0]  # particles 0 and 1 of system 0 on top of each other
+    pos[1, 1] = pos[1, 0] + torch.tensor([COULOMB_SOFTENING / 2**0.5, 0.0, 0.0])  # where the pair force peaks
+    seen = []
+    hook = model.edge_mlps[0].register_forward_hook(lambda mod, args, out: seen.append(args[0][..., -9:]))
+    with torch.no_grad():
+        out = model(pos, vel, charge)
+    hook.remove()
+    assert torch.isfinite(out).all()
+    edge = seen[0]  # [B, N, N, 9]: qq, r², d (3), qq/(r²+s²), pair force (3)
+    assert edge[0, 0, 1, 5].abs().item() == pytest.approx(1.0 / COULOMB_SOFTENING**2)  # r = 0: q q / s²
+    assert edge[0, 0, 1, 6:].abs().max().item() == 0.0  # coincident: no direction, no force
+    peak = 2.0 / (3.0 * 3.0**0.5 * COULOMB_SOFTENING**2)  # max of r / (r² + s²)^{3/2}
+    assert edge[1, 1, 0, 6].abs().item() == pytest.approx(peak, rel=1e-4)
+    assert edge[..., 6:].abs().max().item() <= peak * (1 + 1e-4)
 
 
 def test_nbody_rejects_bad_input() -> None:

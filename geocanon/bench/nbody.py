@@ -72,6 +72,7 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     layer_norm: bool = False
     velocity_residual: bool = True
     relative_positions: bool = True
+    coulomb_edges: bool = False
     # canonicalizer (the other canon_* fields: CanonicalizerSettings)
     canon_hidden_mul: int = 16
     # frame averaging: "all" 8 frames per training step, or one "sampled" frame (see FrameAveraged)
@@ -104,7 +105,8 @@ def model_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
     """The checkpoint spec (see :mod:`geocanon.checkpoint`) of ``method``'s model."""
     gnn = {"name": "nbody_gnn", "config": {"hidden": cfg.hidden, "layers": cfg.layers, "activation": cfg.activation, "layer_norm": cfg.layer_norm,
                                              "velocity_residual": cfg.velocity_residual,
-                                             "relative_positions": cfg.relative_positions}}
+                                             "relative_positions": cfg.relative_positions,
+                                             "coulomb_edges": cfg.coulomb_edges}}
     if method in ("plain", "augment"):
         return gnn
     if method == "egnn":

@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -379,7 +380,8 @@ def load(checkpoint: str | Path, species: list[int]) -> NequIPPotential:
     from nequip.nn.graph_model import R_MAX_KEY, TYPE_NAMES_KEY
     from nequip.utils.global_state import set_global_state
 
-    with _process_state_kept():
+    with _process_state_kept(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*set_fusion_strategy", category=DeprecationWarning)  # nequip's, harmless
         set_global_state()
         model = load_saved_model(str(checkpoint))  # the GraphModel, with the EMA weights
     types = model.metadata[TYPE_NAMES_KEY].split(" ")

@@ -91,6 +91,11 @@ def pair_mask(mask: Tensor) -> Tensor:
     return mask[:, :, None] & mask[:, None, :] & ~eye
 
 
+COULOMB_SOFTENING = 0.1
+"""Softening length s of the Coulomb edge features: |q_i q_j (x_i - x_j)| / (r² + s²)^{3/2} ≤ 2/(3√3 s²) ≈ 38.5,
+the order of the simulator's clipping of each force component at ±100."""
+
+
 class NBodyGNN(nn.Module):
     """Message-passing GNN predicting the positions of every particle at the target frame.
 
@@ -109,6 +114,10 @@ class NBodyGNN(nn.Module):
             edge inputs; meaningful in a canonical frame, where it is invariant.
         velocity_residual: also add ``α · vel`` with a learned scalar α (initialised to 1): the
             constant-velocity guess, which the network then corrects.
+        coulomb_edges: add the softened Coulomb interaction of every pair to the edge inputs:
+            ``q_i q_j / (r² + s²)`` and, with ``relative_positions``, the pair force
+            ``q_i q_j (x_i - x_j) / (r² + s²)^{3/2}`` (s = ``COULOMB_SOFTENING``): the physics of the
+            charged-particle system as a feature, which the network still has to integrate over time.
     """
 
     def __init__(
@@ -120,16 +129,18 @@ class NBodyGNN(nn.Module):
         position_residual: bool = True,
         velocity_residual: bool = False,
         relative_positions: bool = False,
+        coulomb_edges: bool = False,
     ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1:
             raise ValueError(f"hidden and layers must be >= 1, got hidden={hidden}, layers={layers}")
         self.position_residual = position_residual
         self.relative_positions = relative_positions
+        self.coulomb_edges = coulomb_edges
         self.velocity_step = nn.Parameter(torch.ones(())) if velocity_residual else None
         self.encoder = mlp([8, hidden, hidden], activation, final_activation=True)
         self.edge_mlps = nn.ModuleList(
-            [mlp([2 * hidden + 2 + 3 * relative_positions, hidden, hidden], activation, True) for _ in range(layers)]
+            [mlp([2 * hidden + self.edge_inputs, hidden, hidden], activation, True) for _ in range(layers)]
         )
         self.node_mlps = nn.ModuleList(
             [mlp([2 * hidden, hidden, hidden], activation, False) for _ in range(layers)]
@@ -138,6 +149,11 @@ class NBodyGNN(nn.Module):
             [nn.LayerNorm(hidden) if layer_norm else nn.Identity() for _ in range(layers)]
         )
         self.decoder = mlp([hidden, hidden, 3], activation, final_activation=False)
+
+    @property
+    def edge_inputs(self) -> int:
+        """Number of edge input features (see the class docstring)."""
+        return 2 + 3 * self.relative_positions + self.coulomb_edges * (1 + 3 * self.relative_positions)
 
     def forward(self, pos: Tensor, vel: Tensor, charge: Tensor, mask: Tensor | None = None) -> Tensor:
         """Predict target positions.
@@ -157,10 +173,17 @@ class NBodyGNN(nn.Module):
         speed = vel.norm(dim=-1, keepdim=True)
         h = self.encoder(torch.cat([pos, vel, speed, charge], -1))  # [B, N, H]
         diff = pos[:, :, None] - pos[:, None, :]  # [B, N, N, 3]
-        edge_parts = [(charge * charge.transpose(1, 2))[..., None], (diff**2).sum(-1, keepdim=True)]
+        qq = (charge * charge.transpose(1, 2))[..., None]  # [B, N, N, 1]
+        dist2 = (diff**2).sum(-1, keepdim=True)
+        edge_parts = [qq, dist2]
         if self.relative_positions:
             edge_parts.append(diff)
-        edge = torch.cat(edge_parts, -1)  # [B, N, N, 2 (+3)]
+        if self.coulomb_edges:
+            softened = dist2 + COULOMB_SOFTENING**2
+            edge_parts.append(qq / softened)
+            if self.relative_positions:
+                edge_parts.append(qq * diff / softened**1.5)
+        edge = torch.cat(edge_parts, -1)  # [B, N, N, edge_inputs]
         pairs = pair_mask(mask)[..., None]
         for edge_mlp, node_mlp, norm in zip(self.edge_mlps, self.node_mlps, self.norms):
             h_i = h[:, :, None].expand(-1, -1, n, -1)
