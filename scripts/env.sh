@@ -34,7 +34,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
   "$VENV/bin/python" -m pip install -q "$TORCH_REQ"
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,molecules]" "$TORCH_REQ"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,molecules,nequip]" "$TORCH_REQ"
   echo "$WANT" > "$STAMP"
 fi
 # shellcheck disable=SC1091

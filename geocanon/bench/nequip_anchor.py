@@ -190,12 +190,16 @@ def write_config(path: str | Path, settings: NequIPConfig, species: list[int], t
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "logger": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(run_dir), "name": "logs", "version": 0},
+            # Checkpoints are written at the end of a training epoch: during validation nequip's EMA module holds the
+            # EMA weights in the model, so one written then (Lightning's default unless validating every epoch) is
+            # unloadable. The best one is considered only in epochs that validate.
             "callbacks": [
                 {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "dirpath": checkpoints, "filename": "best",
-                 "monitor": _MONITOR, "mode": "min", "save_top_k": 1, "enable_version_counter": False},
+                 "monitor": _MONITOR, "mode": "min", "save_top_k": 1, "enable_version_counter": False,
+                 "save_on_train_epoch_end": True, "every_n_epochs": settings.check_val_every_n_epoch},
                 # Lightning's save_last only writes when the monitored metric improves: a second callback keeps the latest epoch
                 {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "dirpath": checkpoints, "filename": "last",
-                 "save_top_k": 1, "enable_version_counter": False},
+                 "save_top_k": 1, "enable_version_counter": False, "save_on_train_epoch_end": True},
             ],
         },
         "training_module": {
@@ -280,7 +284,7 @@ def train(settings: NequIPConfig, species: list[int], train_file: str | Path, va
     log = run_dir / "nequip-train.log"
     start = time.perf_counter()
     with log.open("a") as out:
-        returncode = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=run_dir).returncode
+        returncode = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=run_dir, check=False).returncode
     elapsed = previous + time.perf_counter() - start
     time_file.write_text(json.dumps({"train_time_s": elapsed}))
     if returncode != 0:
