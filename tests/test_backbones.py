@@ -268,6 +268,17 @@ def test_gnn_coulomb_edges_finite_for_coincident_particles() -> None:
     assert edge[..., 6:].abs().max().item() <= peak * (1 + 1e-4)
 
 
+@pytest.mark.parametrize("node_charges", [False, True])
+def test_gnn_charge_flip_invariance_without_node_charges(node_charges: bool) -> None:
+    """Flipping every charge leaves the dynamics unchanged; the GNN without node charges is exactly invariant."""
+    torch.manual_seed(0)
+    model = NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True, node_charges=node_charges).eval()
+    pos, vel, charge = _nbody_inputs(3, 5)
+    with torch.no_grad():
+        change = (model(pos, vel, -charge) - model(pos, vel, charge)).abs().max().item()
+    assert (change > 1e-4) if node_charges else (change == 0.0)
+
+
 def test_nbody_rejects_bad_input() -> None:
     model = NBodyGNN(hidden=8, layers=1)
     pos, vel, charge = _nbody_inputs(2, 4)

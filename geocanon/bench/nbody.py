@@ -73,6 +73,7 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     velocity_residual: bool = True
     relative_positions: bool = True
     coulomb_edges: bool = False
+    node_charges: bool = True
     # canonicalizer (the other canon_* fields: CanonicalizerSettings)
     canon_hidden_mul: int = 16
     # frame averaging: "all" 8 frames per training step, or one "sampled" frame (see FrameAveraged)
@@ -106,7 +107,7 @@ def model_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
     gnn = {"name": "nbody_gnn", "config": {"hidden": cfg.hidden, "layers": cfg.layers, "activation": cfg.activation, "layer_norm": cfg.layer_norm,
                                              "velocity_residual": cfg.velocity_residual,
                                              "relative_positions": cfg.relative_positions,
-                                             "coulomb_edges": cfg.coulomb_edges}}
+                                             "coulomb_edges": cfg.coulomb_edges, "node_charges": cfg.node_charges}}
     if method in ("plain", "augment"):
         return gnn
     if method == "egnn":

@@ -99,8 +99,8 @@ the order of the simulator's clipping of each force component at ±100."""
 class NBodyGNN(nn.Module):
     """Message-passing GNN predicting the positions of every particle at the target frame.
 
-    Node inputs: position, velocity, speed |v| and charge (8 numbers). Edge inputs: ``q_i q_j`` and
-    ``|x_i - x_j|^2``. Each layer: ``m_ij = phi_e(h_i, h_j, e_ij)``, ``h_i <- h_i + phi_h(h_i, sum_j
+    Node inputs: position, velocity, speed |v| and charge (8 numbers; 7 without ``node_charges``). Edge
+    inputs: ``q_i q_j`` and ``|x_i - x_j|^2``. Each layer: ``m_ij = phi_e(h_i, h_j, e_ij)``, ``h_i <- h_i + phi_h(h_i, sum_j
     m_ij)`` (then LayerNorm if enabled). Output ``pos + decoder(h)`` (or ``decoder(h)`` without the
     position residual).
 
@@ -118,6 +118,9 @@ class NBodyGNN(nn.Module):
             ``q_i q_j / (r² + s²)`` and, with ``relative_positions``, the pair force
             ``q_i q_j (x_i - x_j) / (r² + s²)^{3/2}`` (s = ``COULOMB_SOFTENING``): the physics of the
             charged-particle system as a feature, which the network still has to integrate over time.
+        node_charges: give every node its own charge. Without, charges enter only through the products
+            ``q_i q_j`` on the edges, so the model is invariant to flipping the sign of all charges, as
+            the dynamics are (the forces depend on the charges only through ``q_i q_j``).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class NBodyGNN(nn.Module):
         velocity_residual: bool = False,
         relative_positions: bool = False,
         coulomb_edges: bool = False,
+        node_charges: bool = True,
     ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1:
@@ -137,8 +141,9 @@ class NBodyGNN(nn.Module):
         self.position_residual = position_residual
         self.relative_positions = relative_positions
         self.coulomb_edges = coulomb_edges
+        self.node_charges = node_charges
         self.velocity_step = nn.Parameter(torch.ones(())) if velocity_residual else None
-        self.encoder = mlp([8, hidden, hidden], activation, final_activation=True)
+        self.encoder = mlp([7 + node_charges, hidden, hidden], activation, final_activation=True)
         self.edge_mlps = nn.ModuleList(
             [mlp([2 * hidden + self.edge_inputs, hidden, hidden], activation, True) for _ in range(layers)]
         )
@@ -171,7 +176,7 @@ class NBodyGNN(nn.Module):
         pos, vel, charge, mask = check_nbody_inputs(pos, vel, charge, mask)
         n = pos.shape[1]
         speed = vel.norm(dim=-1, keepdim=True)
-        h = self.encoder(torch.cat([pos, vel, speed, charge], -1))  # [B, N, H]
+        h = self.encoder(torch.cat([pos, vel, speed, *([charge] if self.node_charges else [])], -1))  # [B, N, H]
         diff = pos[:, :, None] - pos[:, None, :]  # [B, N, N, 3]
         qq = (charge * charge.transpose(1, 2))[..., None]  # [B, N, N, 1]
         dist2 = (diff**2).sum(-1, keepdim=True)
