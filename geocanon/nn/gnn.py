@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..validation import check_dense_batch
 
-__all__ = ["NBodyGNN", "ACTIVATIONS", "check_nbody_inputs", "mlp", "pair_mask"]
+__all__ = ["ACTIVATIONS", "COULOMB_SOFTENING", "NBodyGNN", "check_nbody_inputs", "mlp", "pair_mask"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
