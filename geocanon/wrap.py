@@ -23,7 +23,13 @@ from .frames import Frame, Group
 #: ``FrameAveraged(train_frames=...)``: every frame in each training step, or one sampled frame per cloud
 TRAIN_FRAMES = ("all", "sampled")
 
-__all__ = ["Canonicalized", "FrameAveraged", "OutputType", "map_back"]
+__all__ = ["TRAIN_FRAMES", "Canonicalized", "FrameAveraged", "OutputType", "check_train_frames", "map_back"]
+
+
+def check_train_frames(value: str, name: str = "train_frames") -> None:
+    """Raise ValueError unless ``value`` (the setting called ``name``) is one of :data:`TRAIN_FRAMES`."""
+    if value not in TRAIN_FRAMES:
+        raise ValueError(f"{name} must be one of {TRAIN_FRAMES}, got {value!r}")
 
 OutputType = Literal["invariant", "vector", "position"]
 OUTPUT_TYPES = ("invariant", "vector", "position")
@@ -169,8 +175,7 @@ class FrameAveraged(_FeatureRouting):
         train_frames: str = "all",
     ) -> None:
         super().__init__(backbone, output, vector_features, scalar_features)
-        if train_frames not in TRAIN_FRAMES:
-            raise ValueError(f"train_frames must be one of {TRAIN_FRAMES}, got {train_frames!r}")
+        check_train_frames(train_frames)
         self.group = group
         self.train_frames = train_frames
 

@@ -173,7 +173,7 @@ def read_molecules_from(frames):
     return from_atoms(frames)
 
 
-@pytest.mark.parametrize("method", ["canonicalized", "canonicalized-avg", "canonicalized-se3"])
+@pytest.mark.parametrize("method", ["canonicalized", "canonicalized-avg", "canonicalized-se3", "frame-averaging"])
 def test_forces_are_minus_energy_gradient(method):
     with default_dtype(torch.float64):
         model = _potential(method).eval()
@@ -190,8 +190,10 @@ def test_forces_are_minus_energy_gradient(method):
 @pytest.mark.parametrize(
     "method,dtype,tol",
     [("canonicalized", torch.float64, 1e-9), ("canonicalized", torch.float32, 1e-5), ("canonicalized-mlp", torch.float64, 1e-9),
-     ("canonicalized-avg", torch.float64, 1e-9), ("schnet", torch.float32, 1e-5)],
-    ids=["canonicalized-float64", "canonicalized-float32", "mlp-float64", "avg-float64", "schnet-float32"],
+     ("canonicalized-avg", torch.float64, 1e-9), ("frame-averaging", torch.float64, 1e-9),
+     ("frame-averaging", torch.float32, 1e-5), ("schnet", torch.float32, 1e-5)],
+    ids=["canonicalized-float64", "canonicalized-float32", "mlp-float64", "avg-float64", "fa-float64", "fa-float32",
+         "schnet-float32"],
 )
 def test_energy_invariant_forces_equivariant_under_e3(method, dtype, tol):
     with default_dtype(dtype):

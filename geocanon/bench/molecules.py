@@ -9,6 +9,9 @@ trained by the shared harness on the same frames with the same budget:
   (:class:`~geocanon.nn.candidates.ThirdAxisAveraged`: continuous where the E(3) frame's e3 flips);
 * ``canonicalized-se3``: the same with an SE(3) frame (no reflections: ``e3 = e1 × e2``);
 * ``canonicalized-mlp``: :class:`~geocanon.nn.energy.EnergyMLP` (flattened coordinates) in the E(3) frame;
+* ``frame-averaging``: the bare EnergyGNN averaged over the 8 PCA frames of the atomic positions
+  (:class:`~geocanon.FrameAveraged`, Puny et al. 2022): continuous wherever the principal variances are
+  distinct, the averaging over the few candidate frames that the impossibility result calls for;
 * ``augment``: the bare EnergyGNN with random E(3) augmentation (rotations, reflections, translations);
 * ``schnet``: PyG's SchNet (invariant by construction) on a dense radius graph;
 * ``nequip`` (the equivariant anchor; optional, ``pip install 'geocanon[nequip]'``, not run by default):
@@ -36,6 +39,7 @@ from .. import checkpoint
 from ..canonicalizers.learned import E3nnCanonicalizer
 from ..data.molecules import MoleculeDataset, one_hot_species, read_molecules
 from ..frames import random_group_element
+from ..wrap import check_train_frames
 from .. import testing
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
 from .harness import HardwareSettings, fit, train_config
@@ -44,6 +48,7 @@ from .results import markdown_table, provenance, write_results
 __all__ = [
     "ANCHOR_METHODS",
     "METHODS",
+    "WRAPPED_METHODS",
     "MoleculeObjective",
     "MoleculesBenchConfig",
     "evaluate",
@@ -54,7 +59,9 @@ __all__ = [
     "run",
 ]
 
-METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "augment", "schnet")
+METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "frame-averaging", "augment", "schnet")
+#: the methods whose model is saved as the molecule's checkpoint when best (by validation loss): geocanon's wrappers
+WRAPPED_METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "frame-averaging")
 #: methods from other packages (optional dependencies): run when named in ``methods``, never by default
 ANCHOR_METHODS = ("nequip",)
 
@@ -84,6 +91,8 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     # SchNet
     schnet_hidden: int = 64
     schnet_interactions: int = 3
+    # frame averaging: "all" 8 frames per training step, or one "sampled" frame (see FrameAveraged)
+    fa_train_frames: str = "all"
     # NequIP anchor (cutoff = cutoff; see geocanon.bench.nequip_anchor.NequIPConfig)
     nequip_lmax: int = 1
     nequip_layers: int = 3
@@ -107,6 +116,7 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
         unknown = set(self.methods) - set(METHODS) - set(ANCHOR_METHODS)
         if unknown:
             raise ValueError(f"unknown molecule methods {sorted(unknown)}; choose from {METHODS + ANCHOR_METHODS}")
+        check_train_frames(self.fa_train_frames, "fa_train_frames")
 
 
 def find_split(cfg: MoleculesBenchConfig, split: str) -> Path:
@@ -141,6 +151,9 @@ def model_spec(method: str, cfg: MoleculesBenchConfig, species: list[int], num_a
     gnn = {"name": "energy_gnn", "config": {"num_species": t, "hidden": cfg.hidden, "layers": cfg.layers, "num_rbf": cfg.num_rbf, "cutoff": cfg.cutoff}}
     if method == "augment":
         energy = gnn
+    elif method == "frame-averaging":
+        energy = {"name": "frame_averaged", "config": {"backbone": gnn, "group": "E3", "output": "invariant",
+                                                       "scalar_features": ["species"], "train_frames": cfg.fa_train_frames}}
     elif method == "schnet":
         energy = {"name": "schnet", "config": {"hidden": cfg.schnet_hidden, "filters": cfg.schnet_hidden,
                                                "interactions": cfg.schnet_interactions, "cutoff": cfg.cutoff}}
@@ -441,7 +454,7 @@ def run(cfg: MoleculesBenchConfig, resume: bool = False, nve_steps: int = 2000) 
         for seed in cfg.seeds:
             model, row = _train_one(method, seed, cfg, data, resume)
             rows.append(row)
-            if method.startswith("canonicalized") and (best is None or row["best_val_loss"] < best["best_val_loss"]):
+            if method in WRAPPED_METHODS and (best is None or row["best_val_loss"] < best["best_val_loss"]):
                 best = row
                 checkpoint.save(ckpt, model, meta={"benchmark": "molecules", "molecule": cfg.molecule, "row": row, "config": asdict(cfg)})
             payload = _payload(cfg, rows, ckpt if best else None, None, described, time.perf_counter() - start, complete=False)

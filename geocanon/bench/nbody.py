@@ -31,7 +31,7 @@ from .. import checkpoint
 from ..data.nbody import NBodyConfig, NBodyDataset, load_nbody
 from ..frames import random_group_element
 from ..testing import equivariance_error, transform_inputs
-from ..wrap import TRAIN_FRAMES
+from ..wrap import check_train_frames
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
 from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
@@ -96,8 +96,7 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown N-body methods {sorted(unknown)}; choose from {METHODS}")
-        if self.fa_train_frames not in TRAIN_FRAMES:
-            raise ValueError(f"fa_train_frames must be one of {TRAIN_FRAMES}, got {self.fa_train_frames!r}")
+        check_train_frames(self.fa_train_frames, "fa_train_frames")
         if self.source not in ("generated", "published"):
             raise ValueError(f"source must be 'generated' or 'published', got {self.source!r}")
 

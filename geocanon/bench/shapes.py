@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from .. import checkpoint
 from ..frames import random_rotation
 from ..testing import equivariance_error, frame_sensitivity
-from ..wrap import TRAIN_FRAMES, Canonicalized
+from ..wrap import Canonicalized, check_train_frames
 from .common import CanonicalizerSettings, count_parameters, time_alternating
 from .harness import HardwareSettings, fit, train_config
 from .results import RESULTS_DIR, hardware, markdown_table, provenance, write_results
@@ -175,8 +175,7 @@ class ShapesBenchConfig(HardwareSettings, CanonicalizerSettings):
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.canon_group not in ("SO3", "O3"):
             raise ValueError(f"canon_group must be 'SO3' or 'O3' (clouds are centred), got {self.canon_group!r}")
-        if self.fa_train_frames not in TRAIN_FRAMES:
-            raise ValueError(f"fa_train_frames must be one of {TRAIN_FRAMES}, got {self.fa_train_frames!r}")
+        check_train_frames(self.fa_train_frames, "fa_train_frames")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         for backbone, budget in self.budgets.items():
