@@ -534,7 +534,7 @@ def _verdict(rows: list[dict[str, Any]], n_test: int) -> str:
 
 
 def _per_class_table(rows: list[dict[str, Any]], classes: list[str]) -> str:
-    """Per-class SO(3) accuracies of the pretrained, unprior'd, selected-prior and fine-tuned models (Markdown)."""
+    """Per-class accuracies of the pretrained model (upright, SO(3)) and SO(3) accuracies of the adapted ones without prior, with the selected prior (and its choice ceiling) and fine-tuned (Markdown)."""
     if not _prior_rows(rows):
         return ""
     best, pretrained = _selected(rows), next(r for r in rows if r["model"] == "pretrained")
