@@ -534,7 +534,8 @@ def _verdict(rows: list[dict[str, Any]], n_test: int) -> str:
 
 
 def _per_class_table(rows: list[dict[str, Any]], classes: list[str]) -> str:
-    """Per-class accuracies of the pretrained model (upright, SO(3)) and SO(3) accuracies of the adapted ones without prior, with the selected prior (and its choice ceiling) and fine-tuned (Markdown)."""
+    """Markdown table of per-class accuracies: the pretrained model upright and SO(3)-rotated, then the SO(3)
+    accuracies of the adaptations without prior, with the selected prior (and its choice ceiling), fine-tuned."""
     if not _prior_rows(rows):
         return ""
     best, pretrained = _selected(rows), next(r for r in rows if r["model"] == "pretrained")
