@@ -48,7 +48,7 @@ from .results import markdown_table, provenance, write_results
 __all__ = [
     "ANCHOR_METHODS",
     "METHODS",
-    "WRAPPED_METHODS",
+    "SAVED_METHODS",
     "MoleculeObjective",
     "MoleculesBenchConfig",
     "evaluate",
@@ -61,7 +61,7 @@ __all__ = [
 
 METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "frame-averaging", "augment", "schnet")
 #: the methods whose model is saved as the molecule's checkpoint when best (by validation loss): geocanon's wrappers
-WRAPPED_METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "frame-averaging")
+SAVED_METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "frame-averaging")
 #: methods from other packages (optional dependencies): run when named in ``methods``, never by default
 ANCHOR_METHODS = ("nequip",)
 
@@ -454,7 +454,7 @@ def run(cfg: MoleculesBenchConfig, resume: bool = False, nve_steps: int = 2000) 
         for seed in cfg.seeds:
             model, row = _train_one(method, seed, cfg, data, resume)
             rows.append(row)
-            if method in WRAPPED_METHODS and (best is None or row["best_val_loss"] < best["best_val_loss"]):
+            if method in SAVED_METHODS and (best is None or row["best_val_loss"] < best["best_val_loss"]):
                 best = row
                 checkpoint.save(ckpt, model, meta={"benchmark": "molecules", "molecule": cfg.molecule, "row": row, "config": asdict(cfg)})
             payload = _payload(cfg, rows, ckpt if best else None, None, described, time.perf_counter() - start, complete=False)
