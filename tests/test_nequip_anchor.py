@@ -161,6 +161,12 @@ def test_loaded_model_matches_nequips_own_calculator_and_keeps_process_state(tra
         model(data.pos[:1], torch.where(data.numbers[:1] == 8, 7, data.numbers[:1]))
     with pytest.raises(ValueError, match="atom types"):
         load(run_dir / "checkpoints" / "best.ckpt", [1, 6])
+    bad = data.pos.clone()
+    bad[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or Inf in cloud\(s\) \[1\]"):
+        model(bad, data.numbers)
+    with pytest.raises(ValueError, match="empty cloud"):
+        model(data.pos, torch.where(torch.arange(2)[:, None] == 0, 0, data.numbers))
 
 
 def test_missing_nequip_is_a_clear_error(monkeypatch, tmp_path):

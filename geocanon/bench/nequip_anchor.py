@@ -39,6 +39,7 @@ import yaml
 from torch import Tensor, nn
 
 from ..data.molecules import MoleculeDataset
+from ..validation import check_dense_batch
 from .common import count_parameters
 
 __all__ = [
@@ -364,8 +365,7 @@ class NequIPPotential(nn.Module):
 
         if numbers.shape != pos.shape[:2]:
             raise ValueError(f"numbers must be [B, N] = {list(pos.shape[:2])}, got {list(numbers.shape)}")
-        if mask is None:
-            mask = numbers > 0
+        mask, _ = check_dense_batch(pos, numbers > 0 if mask is None else mask)  # shape, empty molecules, NaN/Inf
         with torch.enable_grad():  # nequip's forces are an autograd derivative
             out = self.model(self._graph(pos, numbers, mask))
         energy = out[AtomicDataDict.TOTAL_ENERGY_KEY].reshape(-1).to(pos.dtype)
