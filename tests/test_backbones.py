@@ -31,6 +31,7 @@ def _nbody_models() -> dict[str, nn.Module]:
         "gnn": NBodyGNN(hidden=16, layers=2),
         "gnn_layernorm": NBodyGNN(hidden=16, layers=2, layer_norm=True, position_residual=False),
         "gnn_coulomb": NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True),
+        "gnn_substeps": NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True, substeps=3),
         "egnn": EGNN(hidden=16, layers=2),
     }
 
@@ -277,6 +278,30 @@ def test_gnn_charge_flip_invariance_without_node_charges(node_charges: bool) -> 
     with torch.no_grad():
         change = (model(pos, vel, -charge) - model(pos, vel, charge)).abs().max().item()
     assert (change > 1e-4) if node_charges else (change == 0.0)
+
+
+def test_gnn_substeps_integrate_one_step_model() -> None:
+    """K = 2 substeps are two applications of the one-step network over half the horizon each: the second one
+    starts from the positions reached, with the step's mean velocity (displacement x 2) as its velocity input."""
+    torch.manual_seed(0)
+    two = NBodyGNN(16, 2, velocity_residual=True, relative_positions=True, coulomb_edges=True, substeps=2).double().eval()
+    one = NBodyGNN(16, 2, velocity_residual=True, relative_positions=True, coulomb_edges=True).double().eval()
+    one.load_state_dict(two.state_dict())
+    with torch.no_grad():
+        two.velocity_step.fill_(0.8)
+        one.velocity_step.fill_(0.4)  # the residual α·vel/K of one substep
+        pos, vel, charge = _nbody_inputs(3, 5, torch.float64)
+        half = one(pos, vel, charge)
+        expected = one(half, 2 * (half - pos), charge)
+        assert torch.allclose(two(pos, vel, charge), expected, atol=1e-12)
+        assert (one(pos, vel, charge) - expected).abs().max() > 1e-3  # the second step matters
+
+
+def test_gnn_substeps_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="substeps must be >= 1"):
+        NBodyGNN(substeps=0)
+    with pytest.raises(ValueError, match="needs position_residual=True"):
+        NBodyGNN(substeps=2, position_residual=False)
 
 
 def test_nbody_rejects_bad_input() -> None:

@@ -20,6 +20,7 @@ from geocanon.bench.shapes import (
     INVARIANT_METHODS,
     METHODS,
     ShapesBenchConfig,
+    ShapesObjective,
     _warm_start,
     canonicalizer_overhead,
     model_spec,
@@ -186,7 +187,7 @@ def test_warm_start_continues_earlier_models(quick: tuple[ShapesBenchConfig, dic
     cfg, payload = quick
     later = replace(
         cfg, methods=["learned", "frame-averaging"], backbones=["pointnet"], protocols=["z/SO3"], budgets={},
-        fa_train_frames="sampled", warm_start_dir=cfg.run_dir, run_dir=str(tmp_path / "runs"),
+        fa_train_frames="sampled", train_scale=[0.8, 1.25], train_jitter=0.01, warm_start_dir=cfg.run_dir, run_dir=str(tmp_path / "runs"),
         results=str(tmp_path / "results"), checkpoint=str(tmp_path / "best.pt"), throughput=False,
     )  # fmt: skip
     key = ("learned", "pointnet", "z")
@@ -205,6 +206,9 @@ def test_warm_start_continues_earlier_models(quick: tuple[ShapesBenchConfig, dic
     rows = run(later)["results"]
     assert {r["method"] for r in rows} == {"learned", "frame-averaging"}
     assert all(r["epochs"] == 2 and r["warm_start"].endswith("model.pt") for r in rows)
+    assert {r["train_augmentation"] for r in rows} == {
+        "rotation z; then rotation z, per-axis scale U(0.8, 1.25), jitter N(0, 0.01²) clipped at ±0.05"
+    }
     assert all(r["epochs"] == 2 for r in run(later, resume=True)["results"])  # resumed: not counted twice
     assert all(r["invariance_error"] < 1e-4 for r in rows)
     mismatched = replace(later, canon_hidden_mul=later.canon_hidden_mul + 1)
@@ -235,6 +239,32 @@ def test_rotations_are_seeded_and_of_the_right_kind() -> None:
     assert (q[:, 2, 2].abs() < 0.9).any()  # not only rotations about z
     with pytest.raises(ValueError, match="rotation must be one of"):
         random_rotations("xyz", 2)
+
+
+def test_training_augmentation_scales_jitters_and_rotates_only_in_training() -> None:
+    torch.manual_seed(0)
+    pos = torch.randn(64, 100, 3, dtype=torch.float64)
+    scaled = ShapesObjective("none", scale=[0.5, 2.0]).augment(pos)
+    factors = scaled / pos  # one factor per cloud and axis
+    torch.testing.assert_close(factors, factors[:, :1].expand_as(factors))
+    assert factors.min() >= 0.5 and factors.max() <= 2.0 and factors[:, 0].std(0).min() > 0.1
+    jittered = ShapesObjective("none", jitter=0.01).augment(pos) - pos
+    assert jittered.abs().max() <= 0.05 and 0.008 < jittered.std() < 0.012
+    rotated = ShapesObjective("SO3").augment(pos)
+    torch.testing.assert_close(rotated.norm(dim=-1), pos.norm(dim=-1))
+    assert not torch.allclose(rotated, pos)
+    seen = []
+    objective = ShapesObjective("SO3", scale=[0.5, 2.0], jitter=0.01)
+    model = lambda x: seen.append(x) or x.sum(1)[:, :3]  # noqa: E731 - records what the model gets
+    label = torch.zeros(64, dtype=torch.long)
+    objective(model, (pos, label), "val")
+    objective(model, (pos, label), "train")
+    assert torch.equal(seen[0], pos) and not torch.allclose(seen[1], pos)
+    for bad in ([0.0, 1.0], [1.2, 0.8], [1.0], [1.0, float("nan")]):
+        with pytest.raises(ValueError, match="scale augmentation must be"):
+            ShapesBenchConfig(train_scale=bad)
+    with pytest.raises(ValueError, match="jitter must be"):
+        ShapesBenchConfig(train_jitter=-0.1)
 
 
 def test_scores_and_config_validation() -> None:

@@ -76,6 +76,7 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     relative_positions: bool = True
     coulomb_edges: bool = False
     node_charges: bool = True
+    substeps: int = 1  # NBodyGNN applied as a K-step learned integrator (see NBodyGNN)
     # canonicalizer (the other canon_* fields: CanonicalizerSettings)
     canon_hidden_mul: int = 16
     # frame averaging: "all" 8 frames per training step, or one "sampled" frame (see FrameAveraged)
@@ -108,7 +109,8 @@ def model_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
     gnn = {"name": "nbody_gnn", "config": {"hidden": cfg.hidden, "layers": cfg.layers, "activation": cfg.activation, "layer_norm": cfg.layer_norm,
                                              "velocity_residual": cfg.velocity_residual,
                                              "relative_positions": cfg.relative_positions,
-                                             "coulomb_edges": cfg.coulomb_edges, "node_charges": cfg.node_charges}}
+                                             "coulomb_edges": cfg.coulomb_edges, "node_charges": cfg.node_charges,
+                                             "substeps": cfg.substeps}}
     if method in ("plain", "augment"):
         return gnn
     if method == "egnn":

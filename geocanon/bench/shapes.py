@@ -137,6 +137,9 @@ class ShapesBenchConfig(HardwareSettings, CanonicalizerSettings):
     canon_regression_hidden: int = 64
     # frame averaging: "all" K frames per training step, or one "sampled" frame (see FrameAveraged)
     fa_train_frames: str = "all"
+    # training augmentation besides the protocol's rotation (see ShapesObjective): per-axis scale range, jitter
+    train_scale: list[float] | None = None
+    train_jitter: float = 0.0
     # optimisation
     max_epochs: int = 30
     batch_size: int = 32
@@ -176,6 +179,7 @@ class ShapesBenchConfig(HardwareSettings, CanonicalizerSettings):
         if self.canon_group not in ("SO3", "O3"):
             raise ValueError(f"canon_group must be 'SO3' or 'O3' (clouds are centred), got {self.canon_group!r}")
         check_train_frames(self.fa_train_frames, "fa_train_frames")
+        ShapesObjective(scale=self.train_scale, jitter=self.train_jitter)  # validates both
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         for backbone, budget in self.budgets.items():
@@ -279,18 +283,58 @@ def _group(method: str, cfg: ShapesBenchConfig) -> str | None:
 
 
 class ShapesObjective:
-    """Cross-entropy and accuracy; in training each cloud is first rotated by a fresh rotation of ``rotation``."""
+    """Cross-entropy and accuracy of a classifier on a batch (pos [B, N, 3], label [B]).
 
-    def __init__(self, rotation: str = "none") -> None:
+    In training each cloud is first scaled along each of its own axes by a factor drawn from U(``scale``)
+    (the usual anisotropic-scaling augmentation of PointNet/DGCNN training; None: off), its points moved by
+    N(0, ``jitter``²) noise clipped at ±5 ``jitter`` (0: off), and the cloud rotated by a fresh rotation of
+    ``rotation``. Validation and test batches are used as they are.
+    """
+
+    def __init__(self, rotation: str = "none", scale: Sequence[float] | None = None, jitter: float = 0.0) -> None:
         self.rotation = _rotation_kind(rotation)
+        self.scale = check_scale_range(scale)
+        if not (math.isfinite(jitter) and jitter >= 0):
+            raise ValueError(f"jitter must be a finite number >= 0, got {jitter}")
+        self.jitter = jitter
+
+    def augment(self, pos: Tensor) -> Tensor:
+        """The training augmentation of clouds ``pos`` [B, N, 3] (returns a new [B, N, 3] tensor)."""
+        if self.scale is not None:
+            low, high = self.scale
+            pos = pos * (low + (high - low) * torch.rand(pos.shape[0], 1, 3, dtype=pos.dtype, device=pos.device))
+        if self.jitter > 0:
+            pos = pos + (self.jitter * torch.randn_like(pos)).clamp(-5 * self.jitter, 5 * self.jitter)
+        if self.rotation != "none":
+            q = random_rotations(self.rotation, pos.shape[0], dtype=pos.dtype).to(pos.device)
+            pos = pos @ q.transpose(1, 2)
+        return pos
+
+    def describe(self) -> str:
+        """The augmentation in words (recorded with every trained model)."""
+        parts = [f"rotation {self.rotation}"]
+        if self.scale is not None:
+            parts.append(f"per-axis scale U({self.scale[0]:g}, {self.scale[1]:g})")
+        if self.jitter > 0:
+            parts.append(f"jitter N(0, {self.jitter:g}²) clipped at ±{5 * self.jitter:g}")
+        return ", ".join(parts)
 
     def __call__(self, model: nn.Module, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
         pos, label = batch
-        if stage == "train" and self.rotation != "none":
-            q = random_rotations(self.rotation, pos.shape[0], dtype=pos.dtype).to(pos.device)
-            pos = pos @ q.transpose(1, 2)
+        if stage == "train":
+            pos = self.augment(pos)
         logits = model(pos)
         return {"loss": F.cross_entropy(logits, label), "acc": (logits.argmax(-1) == label).float().mean()}
+
+
+def check_scale_range(scale: Sequence[float] | None) -> tuple[float, float] | None:
+    """``scale`` as a (low, high) pair of finite factors 0 < low <= high, or None; a clear error otherwise."""
+    if scale is None:
+        return None
+    values = tuple(float(v) for v in scale)
+    if len(values) != 2 or not all(math.isfinite(v) for v in values) or not 0 < values[0] <= values[1]:
+        raise ValueError(f"scale augmentation must be [low, high] with 0 < low <= high, got {list(scale)}")
+    return values
 
 
 def classify(model: nn.Module, pos: Tensor, batch_size: int = 64) -> Tensor:
@@ -408,11 +452,15 @@ def _train(
     val_pos = rotate_clouds(data.val.pos, rotation, cfg.seed)
     val = DataLoader(TensorDataset(val_pos, data.val.label), batch_size=cfg.eval_batch_size)
     settings = replace(cfg, max_epochs=budget["max_epochs"])
-    result = fit(model, ShapesObjective(rotation), train, val, train_config(settings, cfg.seed), run_dir, resume)
+    objective = ShapesObjective(rotation, cfg.train_scale, cfg.train_jitter)
+    result = fit(model, objective, train, val, train_config(settings, cfg.seed), run_dir, resume)
     model.eval()
     val_acc = scores(classify(model, val_pos, cfg.eval_batch_size), data.val.label, len(data.classes))["accuracy"]
+    # a warm start continues an earlier training, whose augmentation (rotation only before it was recorded) counts
+    earlier_augmentation = [before.get("train_augmentation", f"rotation {rotation}")] if before else []
     facts = {
         "train_rotation": rotation,
+        "train_augmentation": "; then ".join(dict.fromkeys(earlier_augmentation + [objective.describe()])),
         "val_accuracy": val_acc,
         "epochs": before.get("epochs", 0) + result.epochs_run,
         "best_epoch": before.get("epochs", 0) + result.best_epoch,
@@ -741,7 +789,7 @@ def _pivot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "points": mine[0]["points"],
             # plain's SO3/SO3 cell is the augment training: its epochs can differ from plain's z training
             "epochs": ", ".join(str(e) for e in dict.fromkeys(r["epochs"] for r in mine)),
-            "trained with": ", ".join(dict.fromkeys(r["train_rotation"] for r in mine)),
+            "trained with": ", ".join(dict.fromkeys(r.get("train_augmentation", r["train_rotation"]) for r in mine)),
         }
         line.update({r["protocol"]: f"{r['accuracy']:.1f} ({r['mean_class_accuracy']:.1f})" for r in mine})
         lines.append(line)

@@ -121,6 +121,12 @@ class NBodyGNN(nn.Module):
         node_charges: give every node its own charge. Without, charges enter only through the products
             ``q_i q_j`` on the edges, so the model is invariant to flipping the sign of all charges, as
             the dynamics are (the forces depend on the charges only through ``q_i q_j``).
+        substeps: apply the network K times, each step predicting the displacement over 1/K of the
+            horizon from the current state (a learned integrator with shared weights): the node and edge
+            inputs, Coulomb features included, are recomputed from the positions reached, and the
+            velocity input of the next step is the displacement times K (the mean velocity of the step,
+            as the simulator's recorded velocity is). The velocity residual becomes ``α · vel / K`` per
+            step. K = 1 is the one-shot model. Needs ``position_residual``.
     """
 
     def __init__(
@@ -134,10 +140,16 @@ class NBodyGNN(nn.Module):
         relative_positions: bool = False,
         coulomb_edges: bool = False,
         node_charges: bool = True,
+        substeps: int = 1,
     ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1:
             raise ValueError(f"hidden and layers must be >= 1, got hidden={hidden}, layers={layers}")
+        if substeps < 1:
+            raise ValueError(f"substeps must be >= 1, got {substeps}")
+        if substeps > 1 and not position_residual:
+            raise ValueError("substeps > 1 integrates displacements: it needs position_residual=True")
+        self.substeps = substeps
         self.position_residual = position_residual
         self.relative_positions = relative_positions
         self.coulomb_edges = coulomb_edges
@@ -174,11 +186,24 @@ class NBodyGNN(nn.Module):
         """
         pos_in = pos
         pos, vel, charge, mask = check_nbody_inputs(pos, vel, charge, mask)
+        qq = (charge * charge.transpose(1, 2))[..., None]  # [B, N, N, 1]
+        pairs = pair_mask(mask)[..., None]
+        real = mask[..., None]
+        for _ in range(self.substeps):
+            step = self._displacement(pos, vel, charge, qq, pairs).masked_fill(~real, 0.0)
+            if not self.position_residual:
+                return torch.where(real, step, pos_in)
+            pos = pos + step
+            vel = step * self.substeps
+        return torch.where(real, pos, pos_in)
+
+    def _displacement(self, pos: Tensor, vel: Tensor, charge: Tensor, qq: Tensor, pairs: Tensor) -> Tensor:
+        """One application of the network: [B, N, 3] displacement over 1/K of the horizon (absolute
+        positions without ``position_residual``). ``qq`` [B, N, N, 1], ``pairs`` [B, N, N, 1] bool."""
         n = pos.shape[1]
         speed = vel.norm(dim=-1, keepdim=True)
         h = self.encoder(torch.cat([pos, vel, speed, *([charge] if self.node_charges else [])], -1))  # [B, N, H]
         diff = pos[:, :, None] - pos[:, None, :]  # [B, N, N, 3]
-        qq = (charge * charge.transpose(1, 2))[..., None]  # [B, N, N, 1]
         dist2 = (diff**2).sum(-1, keepdim=True)
         edge_parts = [qq, dist2]
         if self.relative_positions:
@@ -189,15 +214,12 @@ class NBodyGNN(nn.Module):
             if self.relative_positions:
                 edge_parts.append(qq * diff / softened**1.5)
         edge = torch.cat(edge_parts, -1)  # [B, N, N, edge_inputs]
-        pairs = pair_mask(mask)[..., None]
         for edge_mlp, node_mlp, norm in zip(self.edge_mlps, self.node_mlps, self.norms):
             h_i = h[:, :, None].expand(-1, -1, n, -1)
             h_j = h[:, None, :].expand(-1, n, -1, -1)
             msg = edge_mlp(torch.cat([h_i, h_j, edge], -1)).masked_fill(~pairs, 0.0)
             h = norm(h + node_mlp(torch.cat([h, msg.sum(2)], -1)))
         out = self.decoder(h)
-        if self.position_residual:
-            out = pos + out
         if self.velocity_step is not None:
-            out = out + self.velocity_step * vel
-        return torch.where(mask[..., None], out, pos_in)
+            out = out + self.velocity_step * vel / self.substeps
+        return out
