@@ -27,7 +27,7 @@ from .frames import (
     random_translation,
 )
 from .prior import CanonicalizationPrior, axis_prior, fraction_within, identity_prior, mean_angle_to_identity
-from .wrap import Canonicalized, FrameAveraged
+from .wrap import Canonicalized, Comoving, FrameAveraged
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "GROUPS",
     "CanonicalizationPrior",
     "Canonicalized",
+    "Comoving",
     "Canonicalizer",
     "DegenerateFrameError",
     "E3nnCanonicalizer",

@@ -45,7 +45,7 @@ REGISTRY: dict[str, str] = {
 }
 
 # composite models whose config holds nested specs
-_COMPOSITES = {"canonicalized", "frame_averaged", "octahedral_choice", "regressed_orientation"}
+_COMPOSITES = {"canonicalized", "comoving", "frame_averaged", "octahedral_choice", "regressed_orientation"}
 
 
 def _resolve(name: str) -> type[nn.Module]:
@@ -72,6 +72,10 @@ def build(spec: dict[str, Any]) -> nn.Module:
         from .canonicalizers.orientation import RegressedOrientation
 
         module = RegressedOrientation(build(config.pop("base")), **config)
+    elif name == "comoving":
+        from .wrap import Comoving
+
+        module = Comoving(build(config.pop("model")), **config)
     elif name == "frame_averaged":
         from .wrap import FrameAveraged
 

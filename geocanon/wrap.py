@@ -10,6 +10,7 @@ plus ``batch=`` / ``mask=`` when the caller passed them. Its output is mapped ba
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -19,11 +20,14 @@ from torch import Tensor, nn
 from .canonicalizers.base import Canonicalizer
 from .canonicalizers.frame_averaging import pca_frames
 from .frames import Frame, Group
+from .layout import cloud_mean, num_clouds
 
 #: ``FrameAveraged(train_frames=...)``: every frame in each training step, or one sampled frame per cloud
 TRAIN_FRAMES = ("all", "sampled")
 
-__all__ = ["TRAIN_FRAMES", "Canonicalized", "FrameAveraged", "OutputType", "check_train_frames", "map_back"]
+__all__ = [
+    "TRAIN_FRAMES", "Canonicalized", "Comoving", "FrameAveraged", "OutputType", "check_train_frames", "map_back",
+]  # fmt: skip
 
 
 def check_train_frames(value: str, name: str = "train_frames") -> None:
@@ -198,3 +202,60 @@ class FrameAveraged(_FeatureRouting):
         out = self._call_backbone(pos_c, vectors_c, scalars_k, None, None if mask is None else repeat(mask))
         out = map_back(out, frames, self.output)
         return out.unflatten(0, (b, k)).mean(1)
+
+
+class Comoving(nn.Module):
+    """Galilean-boost canonicalization: the model sees velocities relative to the centre-of-mass velocity.
+
+    Dynamics whose forces depend only on relative positions (gravitation, Coulomb, springs) are Galilean
+    invariant: giving every particle an extra constant velocity ``u`` shifts the state ``horizon`` later
+    by ``horizon · u`` and leaves its velocities shifted by ``u``. This wrapper makes any model exact under
+    such boosts by removing the centre-of-mass velocity ``v̄`` (the mean over the real particles: equal
+    masses) before the call and adding it back to the output: ``+ horizon · v̄`` for ``output="position"``,
+    ``+ v̄`` for ``output="velocity"``. It commutes with rotations, reflections and translations, so
+    wrapping an E(3)-equivariant model (``Canonicalized``, ``FrameAveraged``) gives an E(3) x boost
+    equivariant one. Positions and every other feature are passed through unchanged.
+
+    Args:
+        model: called as ``model(pos, **features, mask=/batch=)``.
+        horizon: time between the input state and the predicted one, in the units of the velocities.
+        output: ``"position"`` or ``"velocity"`` (what the model predicts per particle).
+        velocity: name of the velocity feature.
+
+    Shapes: dense ``pos`` [B, N, 3] with ``mask`` [B, N] (or None), or flat [M, 3] with ``batch`` [M];
+    the velocity feature and the output have the shape of ``pos``; padding rows are left untouched.
+    """
+
+    def __init__(self, model: nn.Module, horizon: float, output: str = "position", velocity: str = "vel") -> None:
+        super().__init__()
+        if not math.isfinite(horizon):
+            raise ValueError(f"horizon must be a finite number, got {horizon!r}")
+        if output not in ("position", "velocity"):
+            raise ValueError(f"output must be 'position' or 'velocity', got {output!r}")
+        self.model = model
+        self.horizon = float(horizon)
+        self.output = output
+        self.velocity = velocity
+
+    def forward(
+        self, pos: Tensor, *, mask: Tensor | None = None, batch: Tensor | None = None, **features: Tensor
+    ) -> Tensor:
+        """The model's output with the centre-of-mass motion put back (shape of ``pos``)."""
+        if self.velocity not in features:
+            raise ValueError(f"missing the velocity feature {self.velocity!r} (got {sorted(features)})")
+        vel = features[self.velocity]
+        if vel.shape != pos.shape:
+            raise ValueError(f"{self.velocity} must have the shape of pos {list(pos.shape)}, got {list(vel.shape)}")
+        if batch is not None:
+            centre = cloud_mean(vel, batch, num_clouds(batch))[batch]  # [M, 3]
+            real = torch.ones_like(vel[..., :1], dtype=torch.bool)
+        else:
+            real = torch.ones_like(vel[..., 0], dtype=torch.bool) if mask is None else mask
+            real = real[..., None]
+            count = real.sum(-2, keepdim=True).clamp(min=1)
+            centre = (vel.masked_fill(~real, 0.0).sum(-2, keepdim=True) / count).expand_as(vel)  # [B, N, 3]
+        extra = {k: v for k, v in (("mask", mask), ("batch", batch)) if v is not None}
+        features = {**features, self.velocity: torch.where(real, vel - centre, vel)}
+        out = self.model(pos, **features, **extra)
+        shift = centre * self.horizon if self.output == "position" else centre
+        return torch.where(real, out + shift, out)

@@ -65,12 +65,21 @@ def test_evaluate_without_data_is_one_clear_line(tmp_path, smoke, capsys):
     assert err.startswith("geocanon: error: no N-body test split") and err.count("\n") == 1
 
 
-def test_model_specs_build_for_every_method():
-    cfg = NBodyBenchConfig()
+@pytest.mark.parametrize("comoving", [False, True])
+def test_model_specs_build_for_every_method(comoving, tmp_path):
+    cfg = NBodyBenchConfig(comoving=comoving, substeps=2)
+    pos, vel, charge = torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.ones(2, 5, 1)
+    boost = torch.tensor([0.3, -0.2, 0.1])
     for method in METHODS:
-        model = checkpoint.build(model_spec(method, cfg))
-        pos, vel = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
-        assert model(pos, vel=vel, charge=torch.ones(2, 5, 1)).shape == (2, 5, 3)
+        model = checkpoint.build(model_spec(method, cfg)).eval()
+        with torch.no_grad():
+            out = model(pos, vel=vel, charge=charge)
+            assert out.shape == (2, 5, 3)
+            moved = (model(pos, vel=vel + boost, charge=charge) - out - boost).abs().max()  # horizon 1.0
+        assert (moved < 1e-5) if comoving else (method == "linear" or moved > 1e-4), (method, moved)
+        checkpoint.save(tmp_path / "m.pt", model)
+        with torch.no_grad():
+            assert torch.equal(checkpoint.load(tmp_path / "m.pt")[0](pos, vel=vel, charge=charge), out)
 
 
 def test_config_rejects_unknown_method():

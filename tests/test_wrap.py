@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from geocanon import Canonicalized, E3nnCanonicalizer, FrameAveraged, IdentityCanonicalizer, PCACanonicalizer
+from geocanon import Canonicalized, Comoving, E3nnCanonicalizer, FrameAveraged, IdentityCanonicalizer, PCACanonicalizer
 from geocanon.canonicalizers.frame_averaging import pca_frames
 from geocanon.testing import assert_equivariant, equivariance_error
 
@@ -157,3 +157,64 @@ def test_feature_routing_errors():
         Canonicalized(PointMLP(per_point=True), _learned("SE3"), "pseudovector")
     with pytest.raises(ValueError, match="both as vectors and as scalars"):
         Canonicalized(PointMLP(per_point=True), _learned("SE3"), vector_features=["a"], scalar_features=["a"])
+
+
+def _boost_error(model: nn.Module, pos, vel, charge, horizon: float, **layout) -> float:
+    """Largest |f(x, v + u) - f(x, v) - horizon·u| over a random boost u per cloud (relative to |f|)."""
+    torch.manual_seed(5)
+    if "batch" in layout:
+        u = torch.randn(int(layout["batch"].max()) + 1, 3, dtype=pos.dtype)[layout["batch"]]
+    else:
+        u = torch.randn(pos.shape[0], 1, 3, dtype=pos.dtype).expand_as(vel)
+    out = model(pos, vel=vel, charge=charge, **layout)
+    boosted = model(pos, vel=vel + u, charge=charge, **layout)
+    real = layout["mask"][..., None] if "mask" in layout else torch.ones_like(out, dtype=torch.bool)
+    return ((boosted - out - horizon * u) * real).abs().max().item() / out.abs().max().item()
+
+
+def test_comoving_is_exact_under_boosts_and_keeps_e3_equivariance(dtype):
+    pos, vel = torch.randn(3, 5, 3), torch.randn(3, 5, 3)
+    charge = torch.randint(0, 2, (3, 5, 1)).to(pos.dtype) * 2 - 1
+    fa = FrameAveraged(PointMLP(per_point=True, vel=True, charge=True), "E3", "position", ["vel"], ["charge"])
+    assert _boost_error(fa.eval(), pos, vel, charge, 0.7) > 1e-2  # E(3) equivariant, but not under boosts
+    model = Comoving(fa, horizon=0.7).eval()
+    assert _boost_error(model, pos, vel, charge, 0.7) < tolerance(dtype)
+    err = equivariance_error(model, pos, "E3", "position", vectors={"vel": vel}, scalars={"charge": charge})
+    assert err < tolerance(dtype)
+    seen = []
+    probe = Comoving(lambda p, vel, charge: seen.append(vel) or p, horizon=2.0)
+    out = probe(pos, vel=vel, charge=charge)
+    torch.testing.assert_close(seen[0].mean(1), torch.zeros(3, 3, dtype=pos.dtype), atol=tolerance(dtype), rtol=0)
+    torch.testing.assert_close(out, pos + 2.0 * vel.mean(1, keepdim=True))
+    velocity = Comoving(lambda p, vel, charge: vel, horizon=2.0, output="velocity")
+    torch.testing.assert_close(velocity(pos, vel=vel, charge=charge), vel)  # v - v̄ + v̄
+
+
+def test_comoving_on_padded_and_flat_batches(dtype):
+    sizes = [3, 5]
+    pos, vel = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    charge = torch.ones(2, 5, 1)
+    mask = torch.arange(5)[None] < torch.tensor(sizes)[:, None]
+    pos[0, 3:], vel[0, 3:] = 1e3, -1e3  # padding must not reach the centre of mass or be moved
+    model = Comoving(PointMLP(per_point=True, vel=True, charge=True), horizon=1.0).eval()
+    out = model(pos, vel=vel, charge=charge, mask=mask)
+    alone = model(pos[:1, :3], vel=vel[:1, :3], charge=charge[:1, :3])
+    torch.testing.assert_close(out[0, :3], alone[0], atol=10 * tolerance(dtype), rtol=0)
+    assert _boost_error(model, pos, vel, charge, 1.0, mask=mask) < tolerance(dtype)
+    batch = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    flat = model(pos[mask], vel=vel[mask], charge=charge[mask], batch=batch)
+    torch.testing.assert_close(flat, out[mask], atol=10 * tolerance(dtype), rtol=0)
+    assert _boost_error(model, pos[mask], vel[mask], charge[mask], 1.0, batch=batch) < tolerance(dtype)
+
+
+def test_comoving_rejects_bad_settings_and_input():
+    backbone = PointMLP(per_point=True, vel=True)
+    with pytest.raises(ValueError, match="horizon must be a finite number"):
+        Comoving(backbone, horizon=float("nan"))
+    with pytest.raises(ValueError, match="output must be 'position' or 'velocity'"):
+        Comoving(backbone, horizon=1.0, output="vector")
+    model = Comoving(backbone, horizon=1.0)
+    with pytest.raises(ValueError, match="missing the velocity feature 'vel'"):
+        model(torch.randn(2, 4, 3))
+    with pytest.raises(ValueError, match="vel must have the shape of pos"):
+        model(torch.randn(2, 4, 3), vel=torch.randn(2, 3, 3))

@@ -77,6 +77,8 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     coulomb_edges: bool = False
     node_charges: bool = True
     substeps: int = 1  # NBodyGNN applied as a K-step learned integrator (see NBodyGNN)
+    # every model sees velocities relative to the centre of mass and is exact under Galilean boosts (see Comoving)
+    comoving: bool = False
     # canonicalizer (the other canon_* fields: CanonicalizerSettings)
     canon_hidden_mul: int = 16
     # frame averaging: "all" 8 frames per training step, or one "sampled" frame (see FrameAveraged)
@@ -106,6 +108,13 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
 
 def model_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
     """The checkpoint spec (see :mod:`geocanon.checkpoint`) of ``method``'s model."""
+    spec = _method_spec(method, cfg)
+    if cfg.comoving:  # the data's horizon: the generated and the published sets share the protocol
+        return {"name": "comoving", "config": {"model": spec, "horizon": NBodyConfig().horizon, "output": "position"}}
+    return spec
+
+
+def _method_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
     gnn = {"name": "nbody_gnn", "config": {"hidden": cfg.hidden, "layers": cfg.layers, "activation": cfg.activation, "layer_norm": cfg.layer_norm,
                                              "velocity_residual": cfg.velocity_residual,
                                              "relative_positions": cfg.relative_positions,

@@ -79,6 +79,11 @@ class NBodyConfig:
     frame_in: int = 30
     frame_out: int = 40
 
+    @property
+    def horizon(self) -> float:
+        """Time from the input frame to the target frame (1.0 in the published protocol)."""
+        return (self.frame_out - self.frame_in) * self.record_every * self.dt
+
     def __post_init__(self) -> None:
         if self.n_particles < 2:
             raise ValueError(f"NBodyConfig.n_particles must be >= 2, got {self.n_particles}")
