@@ -82,6 +82,22 @@ def test_model_specs_build_for_every_method(comoving, tmp_path):
             assert torch.equal(checkpoint.load(tmp_path / "m.pt")[0](pos, vel=vel, charge=charge), out)
 
 
+def test_input_noise_perturbs_training_inputs_only():
+    from geocanon.bench.nbody import NBodyObjective
+
+    seen = []
+    model = lambda pos, vel, charge: seen.append((pos, vel)) or pos  # noqa: E731 - records its inputs
+    batch = {"pos": torch.randn(4, 5, 3), "vel": torch.randn(4, 5, 3), "charge": torch.ones(4, 5, 1)}
+    batch["target"] = batch["pos"].clone()
+    objective = NBodyObjective(input_noise=0.1)
+    assert objective(model, batch, "val")["loss"] == 0.0
+    loss = objective(model, batch, "train")["loss"]
+    assert 0.005 < loss < 0.02  # noise of variance 0.01 on the positions
+    assert 0.05 < (seen[1][1] - batch["vel"]).std() < 0.15
+    with pytest.raises(ValueError, match="input_noise must be"):
+        NBodyBenchConfig(input_noise=-1.0)
+
+
 def test_config_rejects_unknown_method():
     with pytest.raises(ValueError, match="unknown N-body methods"):
         NBodyBenchConfig(methods=["transformer"])

@@ -17,6 +17,7 @@ equivariance error on the test set, parameter count, training time and inference
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,6 +89,7 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     batch_size: int = 100
     lr: float = 5e-4
     weight_decay: float = 1e-12
+    input_noise: float = 0.0  # std of training noise on input positions and velocities (see NBodyObjective)
     scheduler: str = "cosine"
     patience: int | None = None
     check_val_every_n_epoch: int = 10
@@ -102,6 +104,7 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
         if unknown:
             raise ValueError(f"unknown N-body methods {sorted(unknown)}; choose from {METHODS}")
         check_train_frames(self.fa_train_frames, "fa_train_frames")
+        NBodyObjective(input_noise=self.input_noise)  # validates it
         if self.source not in ("generated", "published"):
             raise ValueError(f"source must be 'generated' or 'published', got {self.source!r}")
 
@@ -150,10 +153,18 @@ def _method_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
 
 
 class NBodyObjective:
-    """MSE between predicted and true target positions; optional random E(3) augmentation in training."""
+    """MSE between predicted and true target positions.
 
-    def __init__(self, augment: bool = False) -> None:
+    In training only: optional random E(3) augmentation (``augment``), and Gaussian noise of standard
+    deviation ``input_noise`` added to the input positions and velocities while the targets stay exact (a
+    smoothness regulariser, as in learned simulators; 0 = off).
+    """
+
+    def __init__(self, augment: bool = False, input_noise: float = 0.0) -> None:
+        if not (math.isfinite(input_noise) and input_noise >= 0):
+            raise ValueError(f"input_noise must be a finite number >= 0, got {input_noise}")
         self.augment = augment
+        self.input_noise = input_noise
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         pos, vel, charge, target = batch["pos"], batch["vel"], batch["charge"], batch["target"]
@@ -161,6 +172,9 @@ class NBodyObjective:
             g = random_group_element("E3", pos.shape[0], dtype=pos.dtype, device=pos.device)
             pos, moved = transform_inputs(g, pos, {"vel": vel})
             vel, target = moved["vel"], g.apply_points(target)
+        if self.input_noise > 0 and stage == "train":
+            pos = pos + self.input_noise * torch.randn_like(pos)
+            vel = vel + self.input_noise * torch.randn_like(vel)
         pred = model(pos, vel=vel, charge=charge)
         return {"loss": F.mse_loss(pred, target)}
 
@@ -201,7 +215,7 @@ def _train_one(method: str, seed: int, cfg: NBodyBenchConfig, data: dict[str, NB
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, generator=generator)
     valid = DataLoader(data["valid"], batch_size=500)
-    result = fit(model, NBodyObjective(augment=method == "augment"), train, valid, train_config(cfg, seed), Path(cfg.run_dir) / method / f"seed{seed}", resume)
+    result = fit(model, NBodyObjective(method == "augment", cfg.input_noise), train, valid, train_config(cfg, seed), Path(cfg.run_dir) / method / f"seed{seed}", resume)
     row = {"method": method, "seed": seed, "best_val_mse": result.best_val_loss, "best_epoch": result.best_epoch,
            "epochs_run": result.epochs_run, "train_time_s": result.train_time_s, "parameters": count_parameters(model)}
     row.update(measure(model, data["test"]))
