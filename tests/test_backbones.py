@@ -281,20 +281,20 @@ def test_gnn_charge_flip_invariance_without_node_charges(node_charges: bool) -> 
 
 
 def test_gnn_substeps_integrate_one_step_model() -> None:
-    """K = 2 substeps are two applications of the one-step network over half the horizon each: the second one
-    starts from the positions reached, with the step's mean velocity (displacement x 2) as its velocity input."""
+    """K = 2 substeps are two applications of the one-step network: each gives the mean velocity v' of its half
+    of the horizon (one-step displacement), the particles move by v'/2, and the next step starts there with v'."""
     torch.manual_seed(0)
     two = NBodyGNN(16, 2, velocity_residual=True, relative_positions=True, coulomb_edges=True, substeps=2).double().eval()
     one = NBodyGNN(16, 2, velocity_residual=True, relative_positions=True, coulomb_edges=True).double().eval()
-    one.load_state_dict(two.state_dict())
     with torch.no_grad():
         two.velocity_step.fill_(0.8)
-        one.velocity_step.fill_(0.4)  # the residual α·vel/K of one substep
+        one.load_state_dict(two.state_dict())
         pos, vel, charge = _nbody_inputs(3, 5, torch.float64)
-        half = one(pos, vel, charge)
-        expected = one(half, 2 * (half - pos), charge)
+        v1 = one(pos, vel, charge) - pos
+        half = pos + v1 / 2
+        expected = half + (one(half, v1, charge) - half) / 2
         assert torch.allclose(two(pos, vel, charge), expected, atol=1e-12)
-        assert (one(pos, vel, charge) - expected).abs().max() > 1e-3  # the second step matters
+        assert (pos + v1 - expected).abs().max() > 1e-3  # the second step matters
 
 
 def test_gnn_substeps_rejects_bad_settings() -> None:

@@ -121,12 +121,11 @@ class NBodyGNN(nn.Module):
         node_charges: give every node its own charge. Without, charges enter only through the products
             ``q_i q_j`` on the edges, so the model is invariant to flipping the sign of all charges, as
             the dynamics are (the forces depend on the charges only through ``q_i q_j``).
-        substeps: apply the network K times, each step predicting the displacement over 1/K of the
-            horizon from the current state (a learned integrator with shared weights): the node and edge
-            inputs, Coulomb features included, are recomputed from the positions reached, and the
-            velocity input of the next step is the displacement times K (the mean velocity of the step,
-            as the simulator's recorded velocity is). The velocity residual becomes ``α · vel / K`` per
-            step. K = 1 is the one-shot model. Needs ``position_residual``.
+        substeps: apply the network K times with shared weights, as a learned integrator: each step
+            predicts the particles' mean velocity over 1/K of the horizon, ``v' = α · v + decoder(h)``
+            (``v' = decoder(h)`` without the velocity residual), and moves them by ``v' / K``; the next
+            step recomputes the node and edge inputs (Coulomb features included) from the positions
+            reached, with ``v'`` as velocity. K = 1 is the one-shot model. Needs ``position_residual``.
     """
 
     def __init__(
@@ -190,16 +189,16 @@ class NBodyGNN(nn.Module):
         pairs = pair_mask(mask)[..., None]
         real = mask[..., None]
         for _ in range(self.substeps):
-            step = self._displacement(pos, vel, charge, qq, pairs).masked_fill(~real, 0.0)
+            vel = self._step_velocity(pos, vel, charge, qq, pairs).masked_fill(~real, 0.0)
             if not self.position_residual:
-                return torch.where(real, step, pos_in)
-            pos = pos + step
-            vel = step * self.substeps
+                return torch.where(real, vel, pos_in)  # K = 1: the decoder's output is the position itself
+            pos = pos + vel / self.substeps
         return torch.where(real, pos, pos_in)
 
-    def _displacement(self, pos: Tensor, vel: Tensor, charge: Tensor, qq: Tensor, pairs: Tensor) -> Tensor:
-        """One application of the network: [B, N, 3] displacement over 1/K of the horizon (absolute
-        positions without ``position_residual``). ``qq`` [B, N, N, 1], ``pairs`` [B, N, N, 1] bool."""
+    def _step_velocity(self, pos: Tensor, vel: Tensor, charge: Tensor, qq: Tensor, pairs: Tensor) -> Tensor:
+        """One application of the network: [B, N, 3] mean velocity over the next 1/K of the horizon, in
+        units of displacement per horizon (absolute positions without ``position_residual``).
+        ``qq`` [B, N, N, 1], ``pairs`` [B, N, N, 1] bool."""
         n = pos.shape[1]
         speed = vel.norm(dim=-1, keepdim=True)
         h = self.encoder(torch.cat([pos, vel, speed, *([charge] if self.node_charges else [])], -1))  # [B, N, H]
@@ -221,5 +220,5 @@ class NBodyGNN(nn.Module):
             h = norm(h + node_mlp(torch.cat([h, msg.sum(2)], -1)))
         out = self.decoder(h)
         if self.velocity_step is not None:
-            out = out + self.velocity_step * vel / self.substeps
+            out = out + self.velocity_step * vel
         return out
