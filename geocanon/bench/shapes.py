@@ -453,6 +453,7 @@ def _train(
     val = DataLoader(TensorDataset(val_pos, data.val.label), batch_size=cfg.eval_batch_size)
     settings = replace(cfg, max_epochs=budget["max_epochs"])
     objective = ShapesObjective(rotation, cfg.train_scale, cfg.train_jitter)
+    augmentation = _augmentation_record(objective, run_dir, resume)
     result = fit(model, objective, train, val, train_config(settings, cfg.seed), run_dir, resume)
     model.eval()
     val_acc = scores(classify(model, val_pos, cfg.eval_batch_size), data.val.label, len(data.classes))["accuracy"]
@@ -460,7 +461,7 @@ def _train(
     earlier_augmentation = [before.get("train_augmentation", f"rotation {rotation}")] if before else []
     facts = {
         "train_rotation": rotation,
-        "train_augmentation": "; then ".join(dict.fromkeys(earlier_augmentation + [objective.describe()])),
+        "train_augmentation": "; then ".join(dict.fromkeys(earlier_augmentation + [augmentation])),
         "val_accuracy": val_acc,
         "epochs": before.get("epochs", 0) + result.epochs_run,
         "best_epoch": before.get("epochs", 0) + result.best_epoch,
@@ -472,6 +473,18 @@ def _train(
     }
     checkpoint.save(run_dir / "model.pt", model, meta=_meta(cfg, data, budget["points"], key, facts))
     return model, facts
+
+
+def _augmentation_record(objective: ShapesObjective, run_dir: Path, resume: bool) -> str:
+    """How the model of ``run_dir`` is trained, in words: ``objective``'s augmentation for a fresh run (recorded
+    in ``run_dir/augmentation.json``), the recorded one for a run that is resumed, whatever the configuration
+    says now. Runs begun before augmentation was recorded were trained with their rotation only."""
+    record = run_dir / "augmentation.json"
+    if resume and (run_dir / "checkpoints").is_dir():
+        return json.loads(record.read_text()) if record.is_file() else f"rotation {objective.rotation}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(objective.describe()))
+    return objective.describe()
 
 
 def _warm_start(
