@@ -32,6 +32,7 @@ def test_every_method_trains_and_is_reported(smoke):
     assert payload["complete"] and [s["method"] for s in payload["summary"]] == list(METHODS)
     for row in payload["runs"]:
         assert row["test_mse"] > 0 and row["parameters"] > 0 and row["train_time_s"] > 0
+        assert 0.05 <= row["worst5_share"] <= 1.0
     with open(cfg.results + ".json") as handle:
         saved = json.load(handle)
     assert saved["checkpoint"] == cfg.checkpoint
@@ -80,6 +81,15 @@ def test_model_specs_build_for_every_method(comoving, tmp_path):
         checkpoint.save(tmp_path / "m.pt", model)
         with torch.no_grad():
             assert torch.equal(checkpoint.load(tmp_path / "m.pt")[0](pos, vel=vel, charge=charge), out)
+
+
+def test_worst_share_of_the_error():
+    from geocanon.bench.nbody import worst_share
+
+    errors = torch.tensor([1.0] * 95 + [19.0] * 5)  # the worst 5 systems carry 95 of 190
+    assert worst_share(errors) == pytest.approx(0.5)
+    assert worst_share(torch.ones(100)) == pytest.approx(0.05)
+    assert worst_share(torch.tensor([3.0, 1.0]), fraction=0.05) == pytest.approx(0.75)  # at least one system
 
 
 def test_input_noise_perturbs_training_inputs_only():

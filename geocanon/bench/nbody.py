@@ -184,17 +184,26 @@ def _datasets(cfg: NBodyBenchConfig) -> dict[str, NBodyDataset]:
     return {split: load_nbody(cfg.data_root, split, data_cfg, source=cfg.source) for split in ("train", "valid", "test")}
 
 
+def system_errors(model: nn.Module, data: NBodyDataset, batch_size: int = 500) -> Tensor:
+    """Mean squared error of each system of ``data`` [S] (over its particles and coordinates; model in eval
+    mode, no grad)."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([
+            ((model(data.pos[s], vel=data.vel[s], charge=data.charge[s]) - data.target[s]) ** 2).flatten(1).mean(1)
+            for s in (slice(i, i + batch_size) for i in range(0, len(data), batch_size))
+        ])  # fmt: skip
+
+
 def test_mse(model: nn.Module, data: NBodyDataset, batch_size: int = 500) -> float:
     """Mean squared error over all coordinates of ``data`` (model in eval mode, no grad)."""
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(data), batch_size):
-            s = slice(i, i + batch_size)
-            pred = model(data.pos[s], vel=data.vel[s], charge=data.charge[s])
-            total += F.mse_loss(pred, data.target[s], reduction="sum").item()
-            count += data.target[s].numel()
-    return total / count
+    return system_errors(model, data, batch_size).double().mean().item()
+
+
+def worst_share(errors: Tensor, fraction: float = 0.05) -> float:
+    """Share of the total squared error carried by the worst ``fraction`` of the systems (``errors`` [S])."""
+    worst = errors.double().sort(descending=True).values[: max(1, round(fraction * len(errors)))]
+    return (worst.sum() / errors.double().sum()).item()
 
 
 def measure(model: nn.Module, data: NBodyDataset) -> dict[str, float]:
@@ -206,7 +215,9 @@ def measure(model: nn.Module, data: NBodyDataset) -> dict[str, float]:
     )
     batch = slice(0, min(100, len(data)))
     seconds = time_per_call(lambda: model(data.pos[batch], vel=data.vel[batch], charge=data.charge[batch]))
-    return {"test_mse": test_mse(model, data), "equivariance_error": err, "inference_ms_per_100": 1000 * seconds}
+    errors = system_errors(model, data)
+    return {"test_mse": errors.double().mean().item(), "worst5_share": worst_share(errors), "equivariance_error": err,
+            "inference_ms_per_100": 1000 * seconds}  # fmt: skip
 
 
 def _train_one(method: str, seed: int, cfg: NBodyBenchConfig, data: dict[str, NBodyDataset], resume: bool) -> tuple[nn.Module, dict[str, Any]]:
@@ -235,6 +246,7 @@ def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str,
             "test_mse_mean": mse_mean,
             "test_mse_std": mse_std,
             "equivariance_error_max": max(r["equivariance_error"] for r in runs),
+            "worst5_share_mean": mean_std([r["worst5_share"] for r in runs])[0],
             "parameters": runs[0]["parameters"],
             "train_time_s_mean": mean_std([r["train_time_s"] for r in runs])[0],
             "inference_ms_per_100": mean_std([r["inference_ms_per_100"] for r in runs])[0],
@@ -245,13 +257,14 @@ def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str,
 
 def _markdown(cfg: NBodyBenchConfig, summary: list[dict[str, Any]], complete: bool) -> str:
     status = "complete" if complete else "PARTIAL (still running or interrupted; rows so far)"
-    cols = ["method", "seeds", "test_mse_mean", "test_mse_std", "equivariance_error_max", "parameters",
+    cols = ["method", "seeds", "test_mse_mean", "test_mse_std", "worst5_share_mean", "equivariance_error_max", "parameters",
             "train_time_s_mean", "inference_ms_per_100", "epochs"]
     published = "\n".join(f"| {k} | {v} |" for k, v in PUBLISHED.items())
     return (
         f"# N-body (5 charged particles, frame 30 → 40): `{cfg.label}` configuration — {status}\n\n"
         f"Data: {cfg.source} ({cfg.n_train}/{cfg.n_valid}/{cfg.n_test} systems). Test MSE at the best-validation "
-        f"epoch; equivariance error = max over runs of ‖f(g·x) − g·f(x)‖/‖g·f(x)‖ over random E(3) elements (float32).\n\n"
+        f"epoch; worst5_share = share of the test squared error carried by the worst 5% of the systems; equivariance "
+        f"error = max over runs of ‖f(g·x) − g·f(x)‖/‖g·f(x)‖ over random E(3) elements (float32).\n\n"
         + markdown_table(summary, cols)
         + "\n\nPublished test MSE on the same protocol (for comparison):\n\n| model | MSE |\n|---|---|\n" + published + "\n"
     )
