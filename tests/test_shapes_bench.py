@@ -322,3 +322,10 @@ def test_harness_keeps_the_latest_epoch_for_resume(tmp_path: Path) -> None:
     assert result.best_epoch == 0 and result.epochs_run == 3
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 2
+    (tmp_path / "moved").mkdir()
+    for name in ("checkpoints", "result.json"):  # a finished run, moved: --resume reloads its best weights
+        (tmp_path / name).rename(tmp_path / "moved" / name)
+    model = torch.nn.Linear(1, 1)
+    again = fit(model, objective, data, data, TrainConfig(max_epochs=3, progress=False), tmp_path / "moved", True)
+    best = torch.load(tmp_path / "moved" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert again == result and torch.equal(model.weight, best["state_dict"]["model.weight"])

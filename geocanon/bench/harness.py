@@ -143,7 +143,8 @@ def fit(
     task = LitTask(model, objective, config)
     if resume and result_file.is_file():
         result = FitResult(**json.loads(result_file.read_text()))
-        _load_weights(task, result.best_checkpoint)
+        # looked up inside run_dir: the folder may have been moved or renamed since it was trained
+        _load_weights(task, ckpt_dir / Path(result.best_checkpoint).name)
         return result
     L.seed_everything(config.seed, workers=True, verbose=False)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min")
