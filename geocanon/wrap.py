@@ -247,13 +247,17 @@ class Comoving(nn.Module):
         if vel.shape != pos.shape:
             raise ValueError(f"{self.velocity} must have the shape of pos {list(pos.shape)}, got {list(vel.shape)}")
         if batch is not None:
+            bad = batch[~torch.isfinite(vel).all(-1)].unique()
             centre = cloud_mean(vel, batch, num_clouds(batch))[batch]  # [M, 3]
             real = torch.ones_like(vel[..., :1], dtype=torch.bool)
         else:
             real = torch.ones_like(vel[..., 0], dtype=torch.bool) if mask is None else mask
             real = real[..., None]
+            bad = torch.nonzero(~(torch.isfinite(vel) | ~real).all(-1).all(-1)).flatten()
             count = real.sum(-2, keepdim=True).clamp(min=1)
             centre = (vel.masked_fill(~real, 0.0).sum(-2, keepdim=True) / count).expand_as(vel)  # [B, N, 3]
+        if bad.numel():
+            raise ValueError(f"{self.velocity}: systems {bad.tolist()} contain NaN or Inf")
         extra = {k: v for k, v in (("mask", mask), ("batch", batch)) if v is not None}
         features = {**features, self.velocity: torch.where(real, vel - centre, vel)}
         out = self.model(pos, **features, **extra)

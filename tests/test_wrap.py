@@ -218,3 +218,12 @@ def test_comoving_rejects_bad_settings_and_input():
         model(torch.randn(2, 4, 3))
     with pytest.raises(ValueError, match="vel must have the shape of pos"):
         model(torch.randn(2, 4, 3), vel=torch.randn(2, 3, 3))
+    vel = torch.randn(3, 4, 3)
+    vel[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"vel: systems \[1\] contain NaN or Inf"):
+        model(torch.randn(3, 4, 3), vel=vel)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[1, 2] = False  # the NaN is padding: ignored
+    assert torch.isfinite(model(torch.randn(3, 4, 3), vel=vel, mask=mask)[mask]).all()
+    with pytest.raises(ValueError, match=r"vel: systems \[2\] contain NaN or Inf"):
+        model(torch.randn(6, 3), vel=torch.tensor([[0.0] * 3] * 5 + [[float("inf")] * 3]), batch=torch.tensor([0, 0, 1, 1, 2, 2]))
