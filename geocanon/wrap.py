@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from .canonicalizers.base import Canonicalizer
 from .canonicalizers.frame_averaging import pca_frames
 from .frames import Frame, Group
-from .layout import cloud_mean, num_clouds
+from .layout import to_dense
+from .validation import check_dense_batch
 
 #: ``FrameAveraged(train_frames=...)``: every frame in each training step, or one sampled frame per cloud
 TRAIN_FRAMES = ("all", "sampled")
@@ -246,18 +247,15 @@ class Comoving(nn.Module):
         vel = features[self.velocity]
         if vel.shape != pos.shape:
             raise ValueError(f"{self.velocity} must have the shape of pos {list(pos.shape)}, got {list(vel.shape)}")
+        # one dense view of the velocities for both layouts, validated by the shared checker (shape, empty systems,
+        # NaN/Inf of real particles) and averaged with the canonicalizers' masked centroid
+        dense, dense_mask = to_dense(vel, batch) if batch is not None else (vel, mask)
+        dense_mask, _ = check_dense_batch(dense, dense_mask, self.velocity)
+        centre = Canonicalizer.centroid(dense.masked_fill(~dense_mask[..., None], 0.0), dense_mask)  # [B, 3]
         if batch is not None:
-            bad = batch[~torch.isfinite(vel).all(-1)].unique()
-            centre = cloud_mean(vel, batch, num_clouds(batch))[batch]  # [M, 3]
-            real = torch.ones_like(vel[..., :1], dtype=torch.bool)
+            centre, real = centre[batch], torch.ones_like(vel[..., :1], dtype=torch.bool)  # [M, 3], [M, 1]
         else:
-            real = torch.ones_like(vel[..., 0], dtype=torch.bool) if mask is None else mask
-            real = real[..., None]
-            bad = torch.nonzero(~(torch.isfinite(vel) | ~real).all(-1).all(-1)).flatten()
-            count = real.sum(-2, keepdim=True).clamp(min=1)
-            centre = (vel.masked_fill(~real, 0.0).sum(-2, keepdim=True) / count).expand_as(vel)  # [B, N, 3]
-        if bad.numel():
-            raise ValueError(f"{self.velocity}: systems {bad.tolist()} contain NaN or Inf")
+            centre, real = centre[:, None].expand_as(vel), dense_mask[..., None]  # [B, N, 3], [B, N, 1]
         extra = {k: v for k, v in (("mask", mask), ("batch", batch)) if v is not None}
         features = {**features, self.velocity: torch.where(real, vel - centre, vel)}
         out = self.model(pos, **features, **extra)

@@ -220,10 +220,13 @@ def test_comoving_rejects_bad_settings_and_input():
         model(torch.randn(2, 4, 3), vel=torch.randn(2, 3, 3))
     vel = torch.randn(3, 4, 3)
     vel[1, 2, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"vel: systems \[1\] contain NaN or Inf"):
+    with pytest.raises(ValueError, match=r"vel contains NaN or Inf in cloud\(s\) \[1\]"):
         model(torch.randn(3, 4, 3), vel=vel)
     mask = torch.ones(3, 4, dtype=torch.bool)
     mask[1, 2] = False  # the NaN is padding: ignored
     assert torch.isfinite(model(torch.randn(3, 4, 3), vel=vel, mask=mask)[mask]).all()
-    with pytest.raises(ValueError, match=r"vel: systems \[2\] contain NaN or Inf"):
+    mask[2] = False
+    with pytest.raises(ValueError, match=r"vel has empty cloud\(s\) \[2\]"):
+        model(torch.randn(3, 4, 3), vel=vel, mask=mask)
+    with pytest.raises(ValueError, match=r"vel contains NaN or Inf in cloud\(s\) \[2\]"):
         model(torch.randn(6, 3), vel=torch.tensor([[0.0] * 3] * 5 + [[float("inf")] * 3]), batch=torch.tensor([0, 0, 1, 1, 2, 2]))
