@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .canonicalizers.base import Canonicalizer
-from .canonicalizers.frame_averaging import pca_frames
+from .canonicalizers.frame_averaging import pca_frames, weighted_pca_frames
 from .frames import Frame, Group
 from .layout import to_dense
 from .validation import check_dense_batch
@@ -168,6 +168,13 @@ class FrameAveraged(_FeatureRouting):
     estimate of the averaged objective's gradient for a loss that is linear in the output, and
     invariant in distribution for any loss: stochastic frame averaging, Duval et al. 2023). In eval
     mode all K frames are averaged, so the exact invariance/equivariance is unchanged.
+
+    ``sign_tolerance=τ`` weighs the frames smoothly instead of uniformly (Dym et al. 2024; see
+    :func:`~geocanon.canonicalizers.frame_averaging.weighted_pca_frames`): an axis whose skewness exceeds τ
+    in magnitude keeps only its canonical sign, and frames of weight 0 are not computed, so a clearly
+    skewed cloud costs one backbone call instead of K, while the output stays continuous (C¹) across
+    sign flips and exactly invariant/equivariant. With ``"sampled"`` training, the frame is drawn from
+    the weights.
     """
 
     def __init__(
@@ -178,31 +185,45 @@ class FrameAveraged(_FeatureRouting):
         vector_features: Sequence[str] = (),
         scalar_features: Sequence[str] = (),
         train_frames: str = "all",
+        sign_tolerance: float | None = None,
     ) -> None:
         super().__init__(backbone, output, vector_features, scalar_features)
         check_train_frames(train_frames)
+        if sign_tolerance is not None and not sign_tolerance > 0:
+            raise ValueError(f"sign_tolerance must be a positive number or None, got {sign_tolerance!r}")
         self.group = group
         self.train_frames = train_frames
+        self.sign_tolerance = sign_tolerance
 
     def forward(self, pos: Tensor, *, mask: Tensor | None = None, **features: Tensor) -> Tensor:
-        """Average of the mapped-back backbone outputs over all frames: same shapes as the backbone's."""
+        """(Weighted) average of the mapped-back backbone outputs over the frames: same shapes as the backbone's."""
         vectors, scalars = self._split(features)
-        frames = pca_frames(pos, mask=mask, group=self.group)
+        weights: Tensor | None = None
+        if self.sign_tolerance is None:
+            frames = pca_frames(pos, mask=mask, group=self.group)
+        else:
+            frames, weights = weighted_pca_frames(pos, mask=mask, group=self.group, sign_tolerance=self.sign_tolerance)
         b = pos.shape[0]
         k = len(frames) // b
+        offsets = k * torch.arange(b, device=pos.device)
         if self.training and self.train_frames == "sampled":
-            pick = torch.randint(k, (b,), device=pos.device) + k * torch.arange(b, device=pos.device)
-            frames, k = frames[pick], 1
+            drawn = torch.randint(k, (b,), device=pos.device) if weights is None else torch.multinomial(weights.detach(), 1)[:, 0]
+            frames, k, weights = frames[drawn + offsets], 1, None
+        if weights is None:  # every frame, equal weights
+            cloud = torch.arange(b, device=pos.device).repeat_interleave(k)
+        else:  # only the frames of non-zero weight
+            kept = (weights > 0).flatten().nonzero()[:, 0]
+            frames, cloud = frames[kept], kept // k
 
-        def repeat(x: Tensor) -> Tensor:
-            return x.repeat_interleave(k, 0)
-
-        pos_c = frames.to_canonical_points(repeat(pos))
-        vectors_c = {name: frames.to_canonical_vectors(repeat(v)) for name, v in vectors.items()}
-        scalars_k = {name: repeat(s) for name, s in scalars.items()}
-        out = self._call_backbone(pos_c, vectors_c, scalars_k, None, None if mask is None else repeat(mask))
+        pos_c = frames.to_canonical_points(pos[cloud])
+        vectors_c = {name: frames.to_canonical_vectors(v[cloud]) for name, v in vectors.items()}
+        scalars_k = {name: s[cloud] for name, s in scalars.items()}
+        out = self._call_backbone(pos_c, vectors_c, scalars_k, None, None if mask is None else mask[cloud])
         out = map_back(out, frames, self.output)
-        return out.unflatten(0, (b, k)).mean(1)
+        if weights is None:
+            return out.unflatten(0, (b, k)).mean(1)
+        weighted = out * weights.flatten()[kept].reshape(-1, *[1] * (out.ndim - 1))
+        return out.new_zeros(b, *out.shape[1:]).index_add(0, cloud, weighted)
 
 
 class Comoving(nn.Module):

@@ -158,7 +158,10 @@ def test_generator_resumes_after_interruption(tmp_path):
 
 
 def _potential(method: str, num_atoms: int = 5):
-    cfg = MoleculesBenchConfig(hidden=16, layers=2, canon_hidden_mul=4, canon_layers=1, mlp_hidden=16, schnet_hidden=16, schnet_interactions=1)
+    # sign tolerance 1: the toy molecules' skewnesses lie inside it, so the weighted frames blend and their
+    # weights' derivatives enter the forces
+    cfg = MoleculesBenchConfig(hidden=16, layers=2, canon_hidden_mul=4, canon_layers=1, mlp_hidden=16, schnet_hidden=16, schnet_interactions=1,
+                               fa_sign_tolerance=1.0)
     return checkpoint.build(model_spec(method, cfg, SPECIES, num_atoms, energy_shift=-1.0, energy_scale=0.5))
 
 
@@ -173,7 +176,7 @@ def read_molecules_from(frames):
     return from_atoms(frames)
 
 
-@pytest.mark.parametrize("method", ["canonicalized", "canonicalized-avg", "canonicalized-se3", "frame-averaging"])
+@pytest.mark.parametrize("method", ["canonicalized", "canonicalized-avg", "canonicalized-se3", "frame-averaging", "weighted-frames", "weighted-frames-mlp"])
 def test_forces_are_minus_energy_gradient(method):
     with default_dtype(torch.float64):
         model = _potential(method).eval()
@@ -191,9 +194,10 @@ def test_forces_are_minus_energy_gradient(method):
     "method,dtype,tol",
     [("canonicalized", torch.float64, 1e-9), ("canonicalized", torch.float32, 1e-5), ("canonicalized-mlp", torch.float64, 1e-9),
      ("canonicalized-avg", torch.float64, 1e-9), ("frame-averaging", torch.float64, 1e-9),
-     ("frame-averaging", torch.float32, 1e-5), ("schnet", torch.float32, 1e-5)],
+     ("frame-averaging", torch.float32, 1e-5), ("weighted-frames", torch.float64, 1e-9), ("weighted-frames", torch.float32, 1e-5),
+     ("weighted-frames-mlp", torch.float64, 1e-9), ("weighted-frames-mlp", torch.float32, 1e-5), ("schnet", torch.float32, 1e-5)],
     ids=["canonicalized-float64", "canonicalized-float32", "mlp-float64", "avg-float64", "fa-float64", "fa-float32",
-         "schnet-float32"],
+         "weighted-float64", "weighted-float32", "weighted-mlp-float64", "weighted-mlp-float32", "schnet-float32"],
 )
 def test_energy_invariant_forces_equivariant_under_e3(method, dtype, tol):
     with default_dtype(dtype):
@@ -275,3 +279,33 @@ def test_third_axis_average_ignores_the_sign_of_e3():
     after = single(pos, numbers)[0], averaged(pos, numbers)[0]
     assert (after[0] - before[0]).abs().max() > 1e-4
     torch.testing.assert_close(after[1], before[1], rtol=1e-12, atol=1e-12)
+
+
+def test_energy_gnn_coordinate_unit_and_init():
+    from geocanon.nn.energy import EnergyGNN
+
+    pos, numbers = _toy_batch(torch.float32)
+    species = torch.nn.functional.one_hot(numbers.clamp_min(1) % 3, 3).float()
+    torch.manual_seed(0)
+    in_angstrom = EnergyGNN(3, hidden=8, layers=1)
+    torch.manual_seed(0)
+    in_cutoffs = EnergyGNN(3, hidden=8, layers=1, coordinate_unit=5.0)
+    # same weights; the unit rescales only the coordinate inputs: scaling them back reproduces the Å model
+    scaled = EnergyGNN(3, hidden=8, layers=1, coordinate_unit=5.0)
+    scaled.load_state_dict(in_angstrom.state_dict())
+    with torch.no_grad():
+        scaled.coords.weight.mul_(5.0)
+        for filt in scaled.filters:
+            filt[0].weight[:, :3].mul_(5.0)
+    torch.testing.assert_close(scaled(pos, species), in_angstrom(pos, species))
+    assert not torch.allclose(in_cutoffs(pos, species), in_angstrom(pos, species))
+    torch.manual_seed(0)
+    xavier = EnergyGNN(3, hidden=8, layers=1)
+    assert all(m.bias.detach().abs().max().item() == 0 for m in xavier.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None)
+    torch.manual_seed(0)
+    default = EnergyGNN(3, hidden=8, layers=1, init="torch")
+    assert any(m.bias.detach().abs().max().item() > 0 for m in default.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None)
+    with pytest.raises(ValueError, match="coordinate_unit"):
+        EnergyGNN(3, coordinate_unit=0.0)
+    with pytest.raises(ValueError, match="init"):
+        EnergyGNN(3, init="he")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from geocanon import Canonicalized, Comoving, E3nnCanonicalizer, FrameAveraged, IdentityCanonicalizer, PCACanonicalizer
-from geocanon.canonicalizers.frame_averaging import pca_frames
+from geocanon.canonicalizers.frame_averaging import pca_frames, smooth_step, weighted_pca_frames
 from geocanon.testing import assert_equivariant, equivariance_error
 
 from .conftest import tolerance
@@ -123,6 +123,109 @@ def test_sampled_frame_averaging_trains_through_one_frame_and_evaluates_all(dtyp
     assert equivariance_error(model, pos, "SO3") < tolerance(dtype)
     with pytest.raises(ValueError, match="train_frames"):
         FrameAveraged(PointMLP(per_point=False), train_frames="one")
+
+
+def test_smooth_step_is_a_c1_step_with_complementary_halves():
+    z = torch.linspace(-2, 2, 401, dtype=torch.float64)
+    h = smooth_step(z)
+    assert torch.allclose(h + smooth_step(-z), torch.ones_like(z))
+    assert (h[z <= -1] == 0).all() and (h[z >= 1] == 1).all() and (h.diff() >= 0).all()
+    slope = h.diff() / z.diff()
+    assert slope.max() <= 0.75 + 1e-9 and slope[:10].abs().max() < 1e-12  # flat where it joins 0: C¹
+
+
+@pytest.mark.parametrize("group", ["SO3", "E3"])
+def test_weighted_frames_sum_to_one_and_keep_one_frame_for_skewed_clouds(group):
+    torch.manual_seed(0)
+    skewed = torch.randn(3, 40, 3, dtype=torch.float64).exp() * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+    frames, weights = weighted_pca_frames(skewed, group=group, sign_tolerance=0.1)
+    k = 8 if group == "E3" else 4
+    assert len(frames) == 3 * k and weights.shape == (3, k)
+    assert torch.allclose(weights.sum(1), torch.ones(3, dtype=torch.float64)) and (weights >= 0).all()
+    assert ((weights == 1).sum(1) == 1).all()  # log-normal clouds: every axis clearly skewed, PCA's single frame
+    # a cloud mirror-symmetric across x = 0 (x: the axis of least variance) has zero skewness along x: with
+    # reflections, the frames differing only in that axis' sign (the last sign, fastest in the order) weigh the same
+    half = torch.randn(1, 20, 3, dtype=torch.float64) * torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64) + torch.tensor([1.0, 0, 0], dtype=torch.float64)
+    sym = torch.cat([half, half * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)], 1)
+    _, w = weighted_pca_frames(sym, group=group, sign_tolerance=0.1)
+    if group == "E3":
+        pairs = w.view(4, 2)
+        assert torch.allclose(pairs[:, 0], pairs[:, 1]) and (pairs.sum(1) > 0).sum() >= 1 and (w > 0).sum() >= 2
+    with pytest.raises(ValueError, match="sign_tolerance"):
+        weighted_pca_frames(sym, group=group, sign_tolerance=0.0)
+    with pytest.raises(ValueError, match="sign_tolerance"):
+        FrameAveraged(PointMLP(per_point=False), sign_tolerance=-1.0)
+
+
+@pytest.mark.parametrize("group", ["SO3", "O3", "SE3", "E3"])
+@pytest.mark.parametrize("output", ["invariant", "vector", "position"])
+def test_weighted_frame_averaging_is_exact(group, output, dtype):
+    torch.manual_seed(1)
+    pos = torch.randn(5, 30, 3) * torch.tensor([3.0, 2.0, 1.0])
+    model = FrameAveraged(PointMLP(per_point=output != "invariant"), group=group, output=output, sign_tolerance=0.3)
+    _, weights = weighted_pca_frames(pos, group=group, sign_tolerance=0.3)
+    assert ((weights > 0).sum(1) > 1).any() and ((weights > 0).sum(1) < weights.shape[1]).any()  # both regimes tested
+    assert equivariance_error(model, pos, group, output) < tolerance(dtype)
+    assert equivariance_error(model.backbone, pos, group, output) > 1e-2  # the check can fail
+    mask = torch.ones(5, 30, dtype=torch.bool)
+    mask[1, 20:] = False
+    alone = model(pos[1:2, :20])[0]
+    assert torch.allclose(model(pos, mask=mask)[1][: len(alone)], alone, atol=10 * tolerance(dtype))
+
+
+def _skewness_flip(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cloud (not mirror-symmetric) at which the skewness along its least-variance axis is 0, and a bump
+    direction along which that skewness changes sign: ([1, 30, 3], [1, 30, 3])."""
+    from geocanon.canonicalizers.pca import principal_axes
+
+    g = torch.Generator().manual_seed(2)
+    half = torch.randn(1, 15, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64)
+    half = half + torch.tensor([1.0, 0, 0], dtype=torch.float64)
+    other = half * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64) + 2.0 * torch.randn(1, 15, 3, generator=g, dtype=torch.float64) * torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+    cloud = torch.cat([half, other], 1)  # x-values mirror each other, y/z do not: no mirror symmetry
+    bump = torch.zeros_like(cloud)
+    bump[0, 0, 0] = 1.0
+
+    def skew(t: float) -> float:
+        pos = cloud + t * bump
+        centroid, axes, _ = principal_axes(pos, torch.ones(1, 30, dtype=torch.bool))
+        axis = axes[0, :, 2] * torch.sign(axes[0, 0, 2])  # least-variance axis, oriented along +x
+        return float((((pos[0] - centroid[0]) @ axis) ** 3).mean())
+
+    lo, hi = -1.0, 1.0
+    assert skew(lo) * skew(hi) < 0
+    for _ in range(60):  # bisection to the sign change
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if skew(mid) * skew(lo) > 0 else (lo, mid)
+    return (cloud + lo * bump).to(dtype), bump.to(dtype)
+
+
+def test_weighted_frame_averaging_is_continuous_where_pca_jumps(dtype):
+    torch.manual_seed(2)
+    flip, bump = _skewness_flip(dtype)
+    weighted = FrameAveraged(PointMLP(per_point=False), group="E3", sign_tolerance=0.1)
+    pca = Canonicalized(weighted.backbone, PCACanonicalizer("E3"))
+    eps = 1e-3
+    plus, minus = flip + eps * bump, flip - eps * bump
+    assert (weighted(plus) - weighted(minus)).abs().max() < 0.01  # continuous (Lipschitz) across the flip
+    assert (pca(plus) - pca(minus)).abs().max() > 0.3  # the single PCA frame jumps there: the check can fail
+    huge = FrameAveraged(weighted.backbone, group="E3", sign_tolerance=1e9)  # τ -> ∞: plain frame averaging
+    assert torch.allclose(huge(plus), FrameAveraged(weighted.backbone, group="E3")(plus), atol=tolerance(dtype))
+
+
+def test_weighted_sampled_training_draws_frames_of_positive_weight(dtype):
+    torch.manual_seed(3)
+    pos = torch.randn(6, 30, 3) * torch.tensor([3.0, 2.0, 1.0])
+    model = FrameAveraged(PointMLP(per_point=False), group="SO3", train_frames="sampled", sign_tolerance=0.3)
+    frames, weights = weighted_pca_frames(pos, group="SO3", sign_tolerance=0.3)
+    per_frame = model.backbone(frames.to_canonical_points(pos.repeat_interleave(4, 0))).unflatten(0, (6, 4))
+    for _ in range(5):
+        out = model.train()(pos)
+        gap = (out[:, None] - per_frame).abs().amax(-1)  # [B, K]
+        drawn = gap.argmin(1)
+        assert (gap.amin(1) < tolerance(dtype)).all() and (weights.gather(1, drawn[:, None]) > 0).all()
+    model.eval()
+    assert torch.allclose(model(pos), (weights[..., None] * per_frame).sum(1), atol=tolerance(dtype))
 
 
 def test_pca_canonicalized_exact_on_generic_clouds(dtype):

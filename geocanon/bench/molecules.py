@@ -12,6 +12,11 @@ trained by the shared harness on the same frames with the same budget:
 * ``frame-averaging``: the bare EnergyGNN averaged over the 8 PCA frames of the atomic positions
   (:class:`~geocanon.FrameAveraged`, Puny et al. 2022): continuous wherever the principal variances are
   distinct, the averaging over the few candidate frames that the impossibility result calls for;
+* ``weighted-frames``: the bare EnergyGNN over the PCA frames with smooth skewness weights
+  (``sign_tolerance=fa_sign_tolerance``, see :func:`~geocanon.canonicalizers.frame_averaging.weighted_pca_frames`):
+  one frame where the sign rule of PCA is clear-cut, a C¹ blend of the two signs of an axis near a mirror
+  symmetry; ``weighted-frames-mlp``: the same around an EnergyMLP over the canonical coordinates (atoms in
+  the data's fixed order), the cheap backbone;
 * ``augment``: the bare EnergyGNN with random E(3) augmentation (rotations, reflections, translations);
 * ``schnet``: PyG's SchNet (invariant by construction) on a dense radius graph;
 * ``nequip`` (the equivariant anchor; optional, ``pip install 'geocanon[nequip]'``, not run by default):
@@ -59,9 +64,11 @@ __all__ = [
     "run",
 ]
 
-METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "frame-averaging", "augment", "schnet")
+METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "frame-averaging", "weighted-frames",
+           "weighted-frames-mlp", "augment", "schnet")
 #: the methods whose model is saved as the molecule's checkpoint when best (by validation loss): geocanon's wrappers
-SAVED_METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "frame-averaging")
+SAVED_METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "frame-averaging", "weighted-frames",
+                 "weighted-frames-mlp")
 #: methods from other packages (optional dependencies): run when named in ``methods``, never by default
 ANCHOR_METHODS = ("nequip",)
 
@@ -83,8 +90,10 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     # energy backbones
     hidden: int = 64
     layers: int = 3
-    num_rbf: int = 16
+    num_rbf: int = 64
     cutoff: float = 5.0
+    gnn_coordinate_unit: float | None = None  # Å, EnergyGNN's coordinate inputs are divided by it; None: the cutoff
+    gnn_init: str = "xavier"  # EnergyGNN's initialisation ("xavier" or "torch")
     mlp_hidden: int = 256
     mlp_layers: int = 3
     # canonicalizer: the canon_* fields of CanonicalizerSettings
@@ -93,6 +102,8 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     schnet_interactions: int = 3
     # frame averaging: "all" 8 frames per training step, or one "sampled" frame (see FrameAveraged)
     fa_train_frames: str = "all"
+    # weighted-frames*: skewness below which an axis' two signs are blended (see weighted_pca_frames)
+    fa_sign_tolerance: float = 0.1
     # NequIP anchor (cutoff = cutoff; see geocanon.bench.nequip_anchor.NequIPConfig)
     nequip_lmax: int = 1
     nequip_layers: int = 3
@@ -148,19 +159,23 @@ def _datasets(cfg: MoleculesBenchConfig) -> dict[str, MoleculeDataset]:
 def model_spec(method: str, cfg: MoleculesBenchConfig, species: list[int], num_atoms: int, energy_shift: float, energy_scale: float) -> dict[str, Any]:
     """The checkpoint spec of ``method``'s :class:`~geocanon.nn.energy.MolecularPotential`."""
     t = len(species)
-    gnn = {"name": "energy_gnn", "config": {"num_species": t, "hidden": cfg.hidden, "layers": cfg.layers, "num_rbf": cfg.num_rbf, "cutoff": cfg.cutoff}}
+    gnn = {"name": "energy_gnn", "config": {"num_species": t, "hidden": cfg.hidden, "layers": cfg.layers, "num_rbf": cfg.num_rbf, "cutoff": cfg.cutoff,
+                                            "coordinate_unit": cfg.gnn_coordinate_unit or cfg.cutoff, "init": cfg.gnn_init}}
+    flat_mlp = {"name": "energy_mlp", "config": {"num_atoms": num_atoms, "num_species": t, "hidden": cfg.mlp_hidden, "layers": cfg.mlp_layers}}
     if method == "augment":
         energy = gnn
-    elif method == "frame-averaging":
-        energy = {"name": "frame_averaged", "config": {"backbone": gnn, "group": "E3", "output": "invariant",
-                                                       "scalar_features": ["species"], "train_frames": cfg.fa_train_frames}}
+    elif method in ("frame-averaging", "weighted-frames", "weighted-frames-mlp"):
+        energy = {"name": "frame_averaged", "config": {"backbone": flat_mlp if method == "weighted-frames-mlp" else gnn, "group": "E3",
+                                                       "output": "invariant", "scalar_features": ["species"], "train_frames": cfg.fa_train_frames}}
+        if method != "frame-averaging":
+            energy["config"]["sign_tolerance"] = cfg.fa_sign_tolerance
     elif method == "schnet":
         energy = {"name": "schnet", "config": {"hidden": cfg.schnet_hidden, "filters": cfg.schnet_hidden,
                                                "interactions": cfg.schnet_interactions, "cutoff": cfg.cutoff}}
     else:
         backbone = gnn
         if method == "canonicalized-mlp":
-            backbone = {"name": "energy_mlp", "config": {"num_atoms": num_atoms, "num_species": t, "hidden": cfg.mlp_hidden, "layers": cfg.mlp_layers}}
+            backbone = flat_mlp
         canon = cfg.e3nn_spec(
             group="SE3" if method == "canonicalized-se3" else "E3", num_scalar_features=t,
             k=64, num_points=None,  # complete graphs: no kNN switching, so the energy is smooth

