@@ -41,10 +41,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .. import checkpoint
+from ..canonicalizers.frame_averaging import weighted_pca_frames
 from ..canonicalizers.learned import E3nnCanonicalizer
 from ..data.molecules import MoleculeDataset, one_hot_species, read_molecules
-from ..frames import random_group_element
-from ..wrap import check_train_frames
+from ..frames import has_reflections, random_group_element
+from ..nn.candidates import ThirdAxisAveraged
+from ..wrap import FrameAveraged, check_train_frames
 from .. import testing
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
 from .harness import HardwareSettings, fit, train_config
@@ -273,6 +275,20 @@ def frame_sensitivity(model: nn.Module, data: MoleculeDataset, jitter: float = 0
     return testing.frame_sensitivity(canon, data.pos, jitter, mask=data.mask, seed=seed, scalars=species)
 
 
+def frames_per_structure(model: nn.Module, data: MoleculeDataset) -> float:
+    """Mean number of backbone calls per structure: the frames of non-zero weight of a FrameAveraged energy
+    (8 without sign tolerance), 2 for ThirdAxisAveraged, otherwise 1."""
+    energy = model.model
+    if isinstance(energy, ThirdAxisAveraged):
+        return 2.0
+    if not isinstance(energy, FrameAveraged):
+        return 1.0
+    if energy.sign_tolerance is None:
+        return float(8 if has_reflections(energy.group) else 4)
+    _, weights = weighted_pca_frames(data.pos, mask=data.mask, group=energy.group, sign_tolerance=energy.sign_tolerance)
+    return (weights > 0).sum(1).double().mean().item()
+
+
 def pca_gap(data: MoleculeDataset) -> Tensor:
     """Smallest relative gap between the principal variances, ``min(λ1-λ2, λ2-λ3)/λ1``: [F] (0 = PCA frame undefined)."""
     from ..canonicalizers.pca import principal_axes
@@ -316,6 +332,7 @@ def measure(model: nn.Module, data: MoleculeDataset, group: str = "E3") -> dict[
     batch = slice(0, min(100, len(data)))
     seconds = time_per_call(lambda: model(data.pos[batch], data.numbers[batch]))
     result["inference_ms_per_structure"] = 1000 * seconds / (batch.stop - batch.start)
+    result["frames_per_structure"] = frames_per_structure(model, data)
     result["conditioning_pca_gap"] = _conditioning_report(errors, pca_gap(data))
     frames = frame_conditioning(model, data)
     if frames is not None:
@@ -384,6 +401,7 @@ def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str,
             "force_equivariance_error_max": max(r["force_equivariance_error"] for r in runs),
             "parameters": runs[0]["parameters"], "train_time_s_mean": mean_std([r["train_time_s"] for r in runs])[0],
             "inference_ms_per_structure": mean_std([r["inference_ms_per_structure"] for r in runs])[0],
+            "frames_per_structure": mean_std([r["frames_per_structure"] for r in runs])[0] if "frames_per_structure" in runs[0] else None,
             "epochs": runs[0]["epochs_run"],
             "frame_spearman": mean_std([r["conditioning_frame"]["spearman"] for r in runs])[0] if "conditioning_frame" in runs[0] else None,
             "frame_change_deg_median": mean_std([r["frame_change_deg_median"] for r in runs])[0] if "frame_change_deg_median" in runs[0] else None,
@@ -397,7 +415,7 @@ def _section(name: str, entry: dict[str, Any]) -> str:
     status = "complete" if entry["complete"] else "PARTIAL (still running or interrupted; rows so far)"
     cols = ["method", "seeds", "energy_mae_mev", "energy_mae_std", "force_mae_mev_per_a", "force_mae_std", "equivariance_group",
             "force_equivariance_error_max",
-            "parameters", "train_time_s_mean", "inference_ms_per_structure", "epochs", "frame_spearman", "frame_change_deg_median"]
+            "parameters", "train_time_s_mean", "inference_ms_per_structure", "frames_per_structure", "epochs", "frame_spearman", "frame_change_deg_median"]
     text = (f"## {name} — `{cfg['label']}` configuration — {status}\n\nData: {entry['data']}; {cfg['n_train']}/{cfg['n_valid']}/"
             f"{cfg['n_test']} train/valid/test frames, {cfg['max_epochs']} epochs max.\n\n" + markdown_table(entry["summary"], cols))
     nve = entry.get("nve")
@@ -413,7 +431,8 @@ def _markdown(payload: dict[str, Any]) -> str:
         "# Molecules: energies and forces from GFN2-xTB molecular dynamics at 500 K\n\n"
         "Errors at the best-validation epoch: energy MAE in meV, force MAE in meV/Å (over all force components), mean and "
         "std over seeds. force_equivariance_error = max ‖F(g·x) − g·F(x)‖/‖g·F(x)‖ over 4 random elements of the "
-        "method's group (E3 incl. reflections; SE3 for canonicalized-se3), float32, 200 test frames. inference = energy + forces, batches of 100, per structure. "
+        "method's group (E3 incl. reflections; SE3 for canonicalized-se3), float32, 200 test frames. inference = energy + forces, batches of 100, per structure; "
+        "frames_per_structure = backbone calls per test structure (frame averaging 8; weighted frames: those of non-zero weight). "
         "frame_spearman = rank correlation of the per-structure force MAE with the frame conditioning "
         "min|v_i⊥|/max|v_j| of the learned canonicalizer (negative: worse near ill-conditioned frames; per-run "
         "decile numbers in the JSON). frame_change_deg_median = median angle by which the learned frame turns when "

@@ -401,7 +401,7 @@ def train_and_measure(settings: NequIPConfig, data: dict[str, MoleculeDataset], 
     Returns the model and the benchmark row: ``best_val_loss``, ``best_epoch``, ``epochs_run``,
     ``train_time_s``, ``parameters`` and what :func:`geocanon.bench.molecules.measure` reports under E(3)
     (``energy_mae_mev``, ``force_mae_mev_per_a``, ``n``, ``force_equivariance_error``,
-    ``energy_invariance_error``, ``inference_ms_per_structure``, ``conditioning_pca_gap``).
+    ``energy_invariance_error``, ``inference_ms_per_structure``, ``frames_per_structure``, ``conditioning_pca_gap``).
     """
     from .molecules import measure
 
