@@ -31,6 +31,7 @@ structure, and, for canonicalized methods, the force error against the condition
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ from ..frames import has_reflections, random_group_element
 from ..nn.candidates import ThirdAxisAveraged
 from ..wrap import FrameAveraged, check_train_frames
 from .. import testing
-from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
+from .common import CanonicalizerSettings, count_parameters, mean_std, time_alternating, time_per_call
 from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
 
@@ -62,6 +63,7 @@ __all__ = [
     "evaluate_checkpoint",
     "find_split",
     "frame_conditioning",
+    "interleaved_timing",
     "model_spec",
     "run",
 ]
@@ -344,6 +346,20 @@ def measure(model: nn.Module, data: MoleculeDataset, group: str = "E3") -> dict[
     return result
 
 
+def interleaved_timing(models: dict[str, nn.Module], data: MoleculeDataset, batch_size: int = 100, repeats: int = 7) -> dict[str, Any]:
+    """Inference time of several models timed in turn in one process (energy + forces of the same ``batch_size``
+    structures; :func:`~geocanon.bench.common.time_alternating`), so that a changing machine load affects them
+    alike: per method the median ms per structure, and its median per-round ratio to every other method."""
+    names = list(models)
+    pos, numbers = data.pos[:batch_size], data.numbers[:batch_size]
+    for model in models.values():
+        model.eval()
+    times = time_alternating([lambda m=models[n]: m(pos, numbers) for n in names], repeats=repeats)
+    per_structure = {n: 1000 * statistics.median(t) / len(pos) for n, t in zip(names, times)}
+    ratios = {a: {b: statistics.median(x / y for x, y in zip(ta, tb)) for b, tb in zip(names, times) if b != a} for a, ta in zip(names, times)}
+    return {"batch_size": len(pos), "repeats": repeats, "ms_per_structure": per_structure, "time_ratio": ratios}
+
+
 def _normalisation(train: MoleculeDataset) -> tuple[float, float]:
     """Per-atom energy shift (eV) and energy scale (eV per model unit = std of the force components)."""
     shift = (train.energy / train.mask.sum(1)).mean().item()
@@ -418,6 +434,14 @@ def _section(name: str, entry: dict[str, Any]) -> str:
             "parameters", "train_time_s_mean", "inference_ms_per_structure", "frames_per_structure", "epochs", "frame_spearman", "frame_change_deg_median"]
     text = (f"## {name} — `{cfg['label']}` configuration — {status}\n\nData: {entry['data']}; {cfg['n_train']}/{cfg['n_valid']}/"
             f"{cfg['n_test']} train/valid/test frames, {cfg['max_epochs']} epochs max.\n\n" + markdown_table(entry["summary"], cols))
+    timing = entry.get("timing")
+    if timing:
+        names = list(timing["ms_per_structure"])
+        rows = [{"method": a, "ms_per_structure": timing["ms_per_structure"][a],
+                 **{f"× {b}": timing["time_ratio"][a].get(b) for b in names}} for a in names]
+        text += (f"\n\nInterleaved timing (seed-{timing['seed']} models timed in turn in one process, {timing['repeats']} rounds, "
+                 f"energy + forces of {timing['batch_size']} test structures; × m = median per-round time ratio to m):\n\n"
+                 + markdown_table(rows, ["method", "ms_per_structure"] + [f"× {b}" for b in names]))
     nve = entry.get("nve")
     if nve:
         text += (f"\n\nNVE ({nve['method']} seed {nve['seed']}, float64, velocity Verlet {nve['timestep_fs']} fs for {nve['duration_ps']:.3g} ps "
@@ -443,7 +467,7 @@ def _markdown(payload: dict[str, Any]) -> str:
 
 
 def _payload(cfg: MoleculesBenchConfig, rows: list[dict[str, Any]], checkpoint_path: str | None, nve: dict[str, Any] | None,
-             data: str, wall: float, complete: bool) -> dict[str, Any]:
+             data: str, wall: float, complete: bool, timing: dict[str, Any] | None = None) -> dict[str, Any]:
     """The results of every molecule in ``cfg.results`` so far, with this molecule's entry replaced."""
     import json
 
@@ -457,7 +481,7 @@ def _payload(cfg: MoleculesBenchConfig, rows: list[dict[str, Any]], checkpoint_p
     if checkpoint_path:
         payload["checkpoints"][cfg.molecule] = checkpoint_path
     payload["molecules"][cfg.molecule] = {
-        "complete": complete, "config": asdict(cfg), "data": data, "summary": _summarise(rows, cfg.methods), "runs": rows, "nve": nve,
+        "complete": complete, "config": asdict(cfg), "data": data, "summary": _summarise(rows, cfg.methods), "runs": rows, "nve": nve, "timing": timing,
         "provenance": provenance(wall, cfg.seeds),
     }
     payload["complete"] = all(entry["complete"] for entry in payload["molecules"].values())
@@ -484,15 +508,19 @@ def run(cfg: MoleculesBenchConfig, resume: bool = False, nve_steps: int = 2000) 
     best: dict[str, Any] | None = None  # row of the best canonicalized run, whose model is saved at ckpt
     total = len(cfg.methods) * len(cfg.seeds)
     ckpt = str(Path(cfg.checkpoint_dir) / f"molecules_{cfg.molecule}.pt")
+    first_seed_models: dict[str, nn.Module] = {}  # timed together at the end
     for method in cfg.methods:
         for seed in cfg.seeds:
             model, row = _train_one(method, seed, cfg, data, resume)
             rows.append(row)
+            if seed == cfg.seeds[0]:
+                first_seed_models[method] = model
             if method in SAVED_METHODS and (best is None or row["best_val_loss"] < best["best_val_loss"]):
                 best = row
                 checkpoint.save(ckpt, model, meta={"benchmark": "molecules", "molecule": cfg.molecule, "row": row, "config": asdict(cfg)})
             payload = _payload(cfg, rows, ckpt if best else None, None, described, time.perf_counter() - start, complete=False)
             write_results(cfg.results, payload, _markdown(payload))
+    timing = {"seed": cfg.seeds[0], **interleaved_timing(first_seed_models, data["test"])}
     nve = None
     if best is not None:
         test = data["test"]
@@ -500,7 +528,7 @@ def run(cfg: MoleculesBenchConfig, resume: bool = False, nve_steps: int = 2000) 
         atoms.calc = Calculator(ckpt)
         nve = nve_drift(atoms, steps=nve_steps)
         nve.update(start="test frame 0", method=best["method"], seed=best["seed"])
-    payload = _payload(cfg, rows, ckpt if best else None, nve, described, time.perf_counter() - start, complete=len(rows) == total)
+    payload = _payload(cfg, rows, ckpt if best else None, nve, described, time.perf_counter() - start, complete=len(rows) == total, timing=timing)
     write_results(cfg.results, payload, _markdown(payload))
     return payload
 
