@@ -20,6 +20,7 @@ weights only depend on the frame and the cloud, so it is exactly as equivariant 
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import Tensor
@@ -45,9 +46,7 @@ def smooth_step(z: Tensor) -> Tensor:
     return 0.5 + 0.25 * (3 * z - z**3)
 
 
-def _frames_and_weights(
-    pos: Tensor, mask: Tensor | None, batch: Tensor | None, group: Group, sign_tolerance: float | None
-) -> tuple[Frame, Tensor | None]:
+def _frames_and_weights(pos: Tensor, mask: Tensor | None, batch: Tensor | None, group: Group, sign_tolerance: float) -> tuple[Frame, Tensor]:
     check_points(pos, mask=mask, batch=batch, min_rank=3 if has_reflections(group) else 2)
     if batch is not None:
         pos, mask = to_dense(pos, batch)
@@ -68,8 +67,6 @@ def _frames_and_weights(
     else:
         translation = pos.new_zeros(rotation.shape[0], 3)
     frames = Frame(rotation, translation)
-    if sign_tolerance is None:
-        return frames, None
     w = mask.to(pos.dtype)[..., None]
     proj = (pos - centroid[:, None]) @ axes * w  # [B, N, 3]
     tiny = torch.finfo(pos.dtype).tiny
@@ -91,7 +88,7 @@ def pca_frames(pos: Tensor, mask: Tensor | None = None, batch: Tensor | None = N
         A Frame of length B * K (frames of cloud b at rows b*K ... b*K + K - 1); translation is the
         centroid for SE3/E3, zero otherwise.
     """
-    return _frames_and_weights(pos, mask, batch, group, None)[0]
+    return _frames_and_weights(pos, mask, batch, group, math.inf)[0]
 
 
 def weighted_pca_frames(
@@ -109,6 +106,4 @@ def weighted_pca_frames(
     """
     if not sign_tolerance > 0:
         raise ValueError(f"sign_tolerance must be a positive number, got {sign_tolerance!r}")
-    frames, weights = _frames_and_weights(pos, mask, batch, group, float(sign_tolerance))
-    assert weights is not None
-    return frames, weights
+    return _frames_and_weights(pos, mask, batch, group, float(sign_tolerance))
