@@ -302,3 +302,24 @@ def test_third_moment_signs_make_refined_frames_match_pca_on_skewed_clouds():
         _small_learned("SO3", signs="third-moment")
     with pytest.raises(ValueError, match="signs"):
         _small_learned("SO3", power_iterations=2, signs="coin")
+
+
+def test_skewness_along_principal_axes_is_standardized_and_invariant():
+    from geocanon.canonicalizers.pca import principal_axes, skewness
+
+    torch.manual_seed(0)
+    half = torch.randn(1, 200, 3, dtype=torch.float64) * torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64) + 1.0
+    sym = torch.cat([half, half * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)], 1)  # mirror x -> -x
+    skewed = torch.randn(1, 400, 3, dtype=torch.float64).exp() * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+    pos = torch.cat([sym, skewed])
+    mask = torch.ones(2, 400, dtype=torch.bool)
+
+    def abs_skew(p):
+        centroid, axes, variances = principal_axes(p, mask)
+        return skewness(p, mask, centroid, axes, variances).abs()
+
+    s = abs_skew(pos)
+    assert s[0].min() < 1e-12  # the mirror direction
+    assert (s[1] > 1.0).all()  # log-normal: strongly skewed along every axis
+    moved = random_group_element("E3", 2, dtype=torch.float64).apply_points(pos) * 7.0  # any E(3) element and scale
+    assert torch.allclose(abs_skew(moved), s, atol=1e-9)

@@ -253,6 +253,7 @@ def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys
     assert entry["complete"] and [r["method"] for r in entry["runs"]] == list(METHODS)
     for row in entry["runs"]:
         assert np.isfinite(row["energy_mae_mev"]) and np.isfinite(row["force_mae_mev_per_a"]) and row["n"] == 6
+        assert -1 <= row["conditioning_skewness"]["spearman"] <= 1 and row["frames_per_structure"] >= 1
         assert (row["method"].startswith("canonicalized")) == ("frame_change_deg_median" in row)
         assert 0 <= row.get("frame_change_deg_median", 0) <= 180
         exact = row["method"] != "augment"

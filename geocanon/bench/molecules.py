@@ -291,6 +291,16 @@ def frames_per_structure(model: nn.Module, data: MoleculeDataset) -> float:
     return (weights > 0).sum(1).double().mean().item()
 
 
+def skewness_gap(data: MoleculeDataset) -> Tensor:
+    """Smallest |skewness| of the atoms along a principal axis: [F] (0 = PCA's sign rule flips there, e.g. at a
+    mirror-symmetric geometry; weighted frames blend the two signs of axes below their sign tolerance)."""
+    from ..canonicalizers.pca import principal_axes, skewness
+
+    pos = data.pos.masked_fill(~data.mask[..., None], 0.0)
+    centroid, axes, variances = principal_axes(pos, data.mask)
+    return skewness(pos, data.mask, centroid, axes, variances).abs().amin(1)
+
+
 def pca_gap(data: MoleculeDataset) -> Tensor:
     """Smallest relative gap between the principal variances, ``min(λ1-λ2, λ2-λ3)/λ1``: [F] (0 = PCA frame undefined)."""
     from ..canonicalizers.pca import principal_axes
@@ -336,6 +346,7 @@ def measure(model: nn.Module, data: MoleculeDataset, group: str = "E3") -> dict[
     result["inference_ms_per_structure"] = 1000 * seconds / (batch.stop - batch.start)
     result["frames_per_structure"] = frames_per_structure(model, data)
     result["conditioning_pca_gap"] = _conditioning_report(errors, pca_gap(data))
+    result["conditioning_skewness"] = _conditioning_report(errors, skewness_gap(data))
     frames = frame_conditioning(model, data)
     if frames is not None:
         result["conditioning_frame"] = _conditioning_report(errors, frames)
@@ -419,6 +430,7 @@ def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str,
             "inference_ms_per_structure": mean_std([r["inference_ms_per_structure"] for r in runs])[0],
             "frames_per_structure": mean_std([r["frames_per_structure"] for r in runs])[0] if "frames_per_structure" in runs[0] else None,
             "epochs": runs[0]["epochs_run"],
+            "skewness_spearman": mean_std([r["conditioning_skewness"]["spearman"] for r in runs])[0] if "conditioning_skewness" in runs[0] else None,
             "frame_spearman": mean_std([r["conditioning_frame"]["spearman"] for r in runs])[0] if "conditioning_frame" in runs[0] else None,
             "frame_change_deg_median": mean_std([r["frame_change_deg_median"] for r in runs])[0] if "frame_change_deg_median" in runs[0] else None,
         })
@@ -431,7 +443,7 @@ def _section(name: str, entry: dict[str, Any]) -> str:
     status = "complete" if entry["complete"] else "PARTIAL (still running or interrupted; rows so far)"
     cols = ["method", "seeds", "energy_mae_mev", "energy_mae_std", "force_mae_mev_per_a", "force_mae_std", "equivariance_group",
             "force_equivariance_error_max",
-            "parameters", "train_time_s_mean", "inference_ms_per_structure", "frames_per_structure", "epochs", "frame_spearman", "frame_change_deg_median"]
+            "parameters", "train_time_s_mean", "inference_ms_per_structure", "frames_per_structure", "epochs", "skewness_spearman", "frame_spearman", "frame_change_deg_median"]
     text = (f"## {name} — `{cfg['label']}` configuration — {status}\n\nData: {entry['data']}; {cfg['n_train']}/{cfg['n_valid']}/"
             f"{cfg['n_test']} train/valid/test frames, {cfg['max_epochs']} epochs max.\n\n" + markdown_table(entry["summary"], cols))
     timing = entry.get("timing")
@@ -457,6 +469,8 @@ def _markdown(payload: dict[str, Any]) -> str:
         "std over seeds. force_equivariance_error = max ‖F(g·x) − g·F(x)‖/‖g·F(x)‖ over 4 random elements of the "
         "method's group (E3 incl. reflections; SE3 for canonicalized-se3), float32, 200 test frames. inference = energy + forces, batches of 100, per structure; "
         "frames_per_structure = backbone calls per test structure (frame averaging 8; weighted frames: those of non-zero weight). "
+        "skewness_spearman = rank correlation of the per-structure force MAE with the smallest |skewness| of the atoms "
+        "along a principal axis (0 where PCA's sign rule flips, e.g. mirror-symmetric geometries; per-run decile numbers in the JSON). "
         "frame_spearman = rank correlation of the per-structure force MAE with the frame conditioning "
         "min|v_i⊥|/max|v_j| of the learned canonicalizer (negative: worse near ill-conditioned frames; per-run "
         "decile numbers in the JSON). frame_change_deg_median = median angle by which the learned frame turns when "

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..frames import Frame, Group, has_reflections, has_translations
 from ..validation import check_points
 from ..layout import to_dense
-from .pca import principal_axes
+from .pca import principal_axes, skewness
 
 __all__ = ["pca_frames", "smooth_step", "weighted_pca_frames"]
 
@@ -67,10 +67,7 @@ def _frames_and_weights(pos: Tensor, mask: Tensor | None, batch: Tensor | None, 
     else:
         translation = pos.new_zeros(rotation.shape[0], 3)
     frames = Frame(rotation, translation)
-    w = mask.to(pos.dtype)[..., None]
-    proj = (pos - centroid[:, None]) @ axes * w  # [B, N, 3]
-    tiny = torch.finfo(pos.dtype).tiny
-    skew = (proj**3).sum(1) / w.sum(1) / variances.clamp_min(tiny) ** 1.5  # [B, 3], along the unsigned axes
+    skew = skewness(pos, mask, centroid, axes, variances)  # [B, 3], along the unsigned axes
     per_axis = smooth_step(signs[None] * skew[:, None] / sign_tolerance)  # [B, K, 3]
     # proper groups: the third sign follows from the first two (det +1), so only those two are weighed
     weights = per_axis.prod(-1) if has_reflections(group) else per_axis[..., :2].prod(-1)

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..frames import Frame, Group, has_reflections
 from .base import Canonicalizer
 
-__all__ = ["PCACanonicalizer", "covariance", "principal_axes"]
+__all__ = ["PCACanonicalizer", "covariance", "principal_axes", "skewness"]
 
 
 def covariance(pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -43,6 +43,18 @@ def principal_axes(pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     centroid, cov = covariance(pos, mask)
     variances, axes = torch.linalg.eigh(cov)  # ascending
     return centroid, axes.flip(-1), variances.flip(-1)
+
+
+def skewness(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor, variances: Tensor) -> Tensor:
+    """Standardized third moment of the projections on each axis, ``mean(p³) / var^{3/2}``: [B, 3].
+
+    Args: pos [B, N, 3] with padding zeroed, mask [B, N], centroid [B, 3], axes [B, 3, 3] (columns),
+    variances [B, 3] (of the projections on those axes). A zero variance counts as the smallest positive
+    number, so a flat direction has skewness 0.
+    """
+    w = mask.to(pos.dtype)[..., None]
+    proj = (pos - centroid[:, None]) @ axes * w  # [B, N, 3]
+    return (proj**3).sum(1) / w.sum(1) / variances.clamp_min(torch.finfo(pos.dtype).tiny) ** 1.5
 
 
 def third_moment_signs(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor) -> Tensor:
