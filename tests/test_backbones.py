@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from geocanon.nn.dgcnn import DGCNN
 from geocanon.nn.egnn import EGNN
-from geocanon.nn.gnn import COULOMB_SOFTENING, NBodyGNN
+from geocanon.nn.gnn import COULOMB_SOFTENING, INITS, NBodyGNN
 from geocanon.nn.pointnet import PointNet, transform_regularizer
 
 
@@ -316,3 +316,14 @@ def test_nbody_rejects_bad_input() -> None:
         model(pos, vel, charge)
     with pytest.raises(ValueError, match="activation must be one of"):
         EGNN(hidden=8, layers=1, activation="swish")
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_gnn_initialisations(init):
+    from geocanon.nn.energy import EnergyGNN
+
+    for model in (NBodyGNN(hidden=8, layers=1, init=init), EnergyGNN(3, hidden=8, layers=1, init=init)):
+        biases = [m.bias.detach() for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None]
+        assert biases and all((b == 0).all() for b in biases) == (init == "xavier")
+    with pytest.raises(ValueError, match="init must be one of"):
+        NBodyGNN(init="he")

@@ -25,12 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .gnn import mlp, pair_mask
+from .gnn import initialise_, mlp, pair_mask
 
-#: ``EnergyGNN(init=...)``: Xavier-uniform weights and zero biases, or PyTorch's default Linear initialisation
-ENERGY_GNN_INITS = ("xavier", "torch")
-
-__all__ = ["ENERGY_GNN_INITS", "EnergyGNN", "EnergyMLP", "MolecularPotential", "cosine_cutoff", "gaussian_rbf"]
+__all__ = ["EnergyGNN", "EnergyMLP", "MolecularPotential", "cosine_cutoff", "gaussian_rbf"]
 
 
 def cosine_cutoff(distance: Tensor, cutoff: float) -> Tensor:
@@ -73,8 +70,8 @@ class EnergyGNN(nn.Module):
         coordinate_unit: length (Å) the absolute and relative coordinates are divided by before entering
             the network. The cutoff is a good choice (inputs in [-1, 1]): on ethanol (12 epochs, one seed,
             weighted PCA frames, 64 RBFs) it gave a test force MAE of 89.5 meV/Å against 132.4 in Å.
-        init: "xavier" (Xavier-uniform weights, zero biases, as PyG's SchNet) or "torch" (PyTorch's default
-            Linear initialisation). Same ethanol runs without coordinate inputs: 85.7 against 112.6 meV/Å.
+        init: one of :data:`geocanon.nn.gnn.INITS`: "xavier" (Xavier-uniform weights, zero biases, as PyG's
+            SchNet) or "torch" (PyTorch's default Linear initialisation). Same ethanol runs without coordinate inputs: 85.7 against 112.6 meV/Å.
 
     Shapes: ``pos`` [B, N, 3], ``species`` [B, N, T], ``mask`` [B, N] -> energy [B].
     """
@@ -94,14 +91,7 @@ class EnergyGNN(nn.Module):
         self.values = nn.ModuleList([nn.Linear(hidden, hidden, bias=False) for _ in range(layers)])
         self.updates = nn.ModuleList([mlp([hidden, hidden, hidden], activation, False) for _ in range(layers)])
         self.readout = mlp([hidden, hidden, 1], activation, False)
-        if init not in ENERGY_GNN_INITS:
-            raise ValueError(f"init must be one of {ENERGY_GNN_INITS}, got {init!r}")
-        if init == "xavier":
-            for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.xavier_uniform_(module.weight)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
+        initialise_(self, init)
 
     def forward(self, pos: Tensor, species: Tensor, mask: Tensor | None = None) -> Tensor:
         """Energy [B] of each molecule (see class docstring)."""

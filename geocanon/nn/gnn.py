@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..validation import check_dense_batch
 
-__all__ = ["ACTIVATIONS", "COULOMB_SOFTENING", "NBodyGNN", "check_nbody_inputs", "mlp", "pair_mask"]
+__all__ = ["ACTIVATIONS", "COULOMB_SOFTENING", "INITS", "NBodyGNN", "check_nbody_inputs", "initialise_", "mlp", "pair_mask"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
@@ -24,6 +24,23 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "leaky_relu": nn.LeakyReLU,
 }
+
+
+#: weight initialisations of the GNNs: Xavier-uniform weights with zero biases (as PyG's SchNet), or PyTorch's
+#: default ``nn.Linear`` initialisation
+INITS = ("xavier", "torch")
+
+
+def initialise_(module: nn.Module, init: str) -> None:
+    """Re-initialise every ``nn.Linear`` in ``module`` in place by ``init`` (one of :data:`INITS`; "torch" keeps them)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "xavier":
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
 
 
 def mlp(sizes: list[int], activation: str, final_activation: bool) -> nn.Sequential:
@@ -126,6 +143,7 @@ class NBodyGNN(nn.Module):
             (``v' = decoder(h)`` without the velocity residual), and moves them by ``v' / K``; the next
             step recomputes the node and edge inputs (Coulomb features included) from the positions
             reached, with ``v'`` as velocity. K = 1 is the one-shot model. Needs ``position_residual``.
+        init: weight initialisation, one of :data:`INITS`.
     """
 
     def __init__(
@@ -140,6 +158,7 @@ class NBodyGNN(nn.Module):
         coulomb_edges: bool = False,
         node_charges: bool = True,
         substeps: int = 1,
+        init: str = "torch",
     ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1:
@@ -165,6 +184,7 @@ class NBodyGNN(nn.Module):
             [nn.LayerNorm(hidden) if layer_norm else nn.Identity() for _ in range(layers)]
         )
         self.decoder = mlp([hidden, hidden, 3], activation, final_activation=False)
+        initialise_(self, init)
 
     @property
     def edge_inputs(self) -> int:
