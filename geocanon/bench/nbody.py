@@ -78,7 +78,6 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     coulomb_edges: bool = False
     node_charges: bool = True
     substeps: int = 1  # NBodyGNN applied as a K-step learned integrator (see NBodyGNN)
-    init: str = "torch"  # NBodyGNN's weight initialisation (geocanon.nn.gnn.INITS)
     # every model sees velocities relative to the centre of mass and is exact under Galilean boosts (see Comoving)
     comoving: bool = False
     # canonicalizer (the other canon_* fields: CanonicalizerSettings)
@@ -123,7 +122,7 @@ def _method_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
                                              "velocity_residual": cfg.velocity_residual,
                                              "relative_positions": cfg.relative_positions,
                                              "coulomb_edges": cfg.coulomb_edges, "node_charges": cfg.node_charges,
-                                             "substeps": cfg.substeps, "init": cfg.init}}
+                                             "substeps": cfg.substeps}}
     if method in ("plain", "augment"):
         return gnn
     if method == "egnn":

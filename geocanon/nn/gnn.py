@@ -143,7 +143,6 @@ class NBodyGNN(nn.Module):
             (``v' = decoder(h)`` without the velocity residual), and moves them by ``v' / K``; the next
             step recomputes the node and edge inputs (Coulomb features included) from the positions
             reached, with ``v'`` as velocity. K = 1 is the one-shot model. Needs ``position_residual``.
-        init: weight initialisation, one of :data:`INITS`.
     """
 
     def __init__(
@@ -158,7 +157,6 @@ class NBodyGNN(nn.Module):
         coulomb_edges: bool = False,
         node_charges: bool = True,
         substeps: int = 1,
-        init: str = "torch",
     ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1:
@@ -184,7 +182,6 @@ class NBodyGNN(nn.Module):
             [nn.LayerNorm(hidden) if layer_norm else nn.Identity() for _ in range(layers)]
         )
         self.decoder = mlp([hidden, hidden, 3], activation, final_activation=False)
-        initialise_(self, init)
 
     @property
     def edge_inputs(self) -> int:
