@@ -31,6 +31,7 @@ structure, and, for canonicalized methods, the force error against the condition
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,7 +46,7 @@ from .. import checkpoint
 from ..canonicalizers.frame_averaging import weighted_pca_frames
 from ..canonicalizers.learned import E3nnCanonicalizer
 from ..data.molecules import MoleculeDataset, one_hot_species, read_molecules
-from ..frames import has_reflections, random_group_element
+from ..frames import random_group_element
 from ..nn.candidates import ThirdAxisAveraged
 from ..wrap import FrameAveraged, check_train_frames
 from .. import testing
@@ -285,9 +286,8 @@ def frames_per_structure(model: nn.Module, data: MoleculeDataset) -> float:
         return 2.0
     if not isinstance(energy, FrameAveraged):
         return 1.0
-    if energy.sign_tolerance is None:
-        return float(8 if has_reflections(energy.group) else 4)
-    _, weights = weighted_pca_frames(data.pos, mask=data.mask, group=energy.group, sign_tolerance=energy.sign_tolerance)
+    tolerance = math.inf if energy.sign_tolerance is None else energy.sign_tolerance  # inf: every frame, equal weights
+    _, weights = weighted_pca_frames(data.pos, mask=data.mask, group=energy.group, sign_tolerance=tolerance)
     return (weights > 0).sum(1).double().mean().item()
 
 
