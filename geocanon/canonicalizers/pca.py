@@ -45,6 +45,12 @@ def principal_axes(pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return centroid, axes.flip(-1), variances.flip(-1)
 
 
+def _third_moment_sums(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor) -> Tensor:
+    """``Σ_n p³`` over the real points of the projections ``p`` on each axis: [B, K] for axes [B, 3, K]."""
+    proj = (pos - centroid[:, None]) @ axes  # [B, N, K]
+    return (proj**3 * mask.to(pos.dtype)[..., None]).sum(1)
+
+
 def skewness(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor, variances: Tensor) -> Tensor:
     """Standardized third moment of the projections on each axis, ``mean(p³) / var^{3/2}``: [B, 3].
 
@@ -52,15 +58,13 @@ def skewness(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor, variance
     variances [B, 3] (of the projections on those axes). A zero variance counts as the smallest positive
     number, so a flat direction has skewness 0.
     """
-    w = mask.to(pos.dtype)[..., None]
-    proj = (pos - centroid[:, None]) @ axes * w  # [B, N, 3]
-    return (proj**3).sum(1) / w.sum(1) / variances.clamp_min(torch.finfo(pos.dtype).tiny) ** 1.5
+    count = mask.to(pos.dtype).sum(1, keepdim=True)
+    return _third_moment_sums(pos, mask, centroid, axes) / count / variances.clamp_min(torch.finfo(pos.dtype).tiny) ** 1.5
 
 
 def third_moment_signs(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor) -> Tensor:
     """+1/-1 per axis making the third moment of the projections non-negative: [B, 3]."""
-    proj = (pos - centroid[:, None]) @ axes  # [B, N, 3]
-    moment = (proj**3 * mask.to(pos.dtype)[..., None]).sum(1)
+    moment = _third_moment_sums(pos, mask, centroid, axes)
     return torch.where(moment < 0, -torch.ones_like(moment), torch.ones_like(moment))
 
 
