@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class TrainConfig:
     patience: int | None = None  # early-stopping patience in validation checks (None: off)
     check_val_every_n_epoch: int = 1
     gradient_clip_val: float | None = None
+    max_time_s: float | None = None  # wall-clock cap on training (Lightning ``max_time``); None: epochs only
     seed: int = 0
     accelerator: str = "cpu"
     devices: int | str = 1
@@ -167,6 +169,7 @@ def fit(
         logger=CSVLogger(run_dir, name="logs", version=0),
         check_val_every_n_epoch=config.check_val_every_n_epoch,
         gradient_clip_val=config.gradient_clip_val,
+        max_time=None if config.max_time_s is None else timedelta(seconds=config.max_time_s),
         enable_progress_bar=config.progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,

@@ -24,12 +24,14 @@ RESULTS_DIR = Path("benchmarks") / "results"
 
 
 def _git_commit() -> str:
+    """HEAD of the repository (``-dirty`` when changed); in a copy without ``.git`` (a GPU machine's copy of the
+    working tree), ``$GEOCANON_COMMIT`` as the caller states it, else "unknown"."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("GEOCANON_COMMIT", "unknown")
 
 
 def hardware() -> str:

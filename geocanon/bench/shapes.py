@@ -21,7 +21,8 @@ whatever the training rotation, so (with ``share_invariant_training``) they are 
 
 Accuracies are in percent. Results go to ``<results>.json`` / ``.md`` as they come (``"complete"``
 says whether every row is in), every trained model to ``<run_dir>/<key>/model.pt`` (a
-:mod:`geocanon.checkpoint` file), and the best learned-canonicalized PointNet to ``checkpoint``, with a
+:mod:`geocanon.checkpoint` file), and the best learned-canonicalized model of ``checkpoint_backbone`` (PointNet
+unless set) to ``checkpoint``, with a
 gallery of canonicalized test shapes and a confusion matrix beside the results.
 """
 
@@ -77,6 +78,7 @@ __all__ = [
 
 METHODS = ("plain", "augment", "pca", "learned", "learned-o3", "frame-averaging")
 BACKBONES = ("pointnet", "dgcnn")
+BACKBONE_NAMES = {"pointnet": "PointNet", "dgcnn": "DGCNN"}
 DATASETS = ("synthetic", "modelnet40", "modelnet10")
 ROTATIONS = ("none", "z", "SO3")
 PROTOCOLS = ("z/z", "z/SO3", "SO3/SO3")
@@ -149,6 +151,7 @@ class ShapesBenchConfig(HardwareSettings, CanonicalizerSettings):
     scheduler: str = "cosine"
     patience: int | None = None
     check_val_every_n_epoch: int = 1
+    max_time_s: float | None = None  # wall-clock cap per training (stops after the epoch running out; None: off)
     # warm restart: the run_dir of an earlier run; each model found there (<dir>/<method>_<backbone>_<rotation>/
     # model.pt) starts from those weights with a fresh optimizer and LR schedule (SGDR-style); epochs add up
     warm_start_dir: str | None = None
@@ -163,6 +166,7 @@ class ShapesBenchConfig(HardwareSettings, CanonicalizerSettings):
     run_dir: str = "runs/shapes_synthetic"
     results: str = "benchmarks/results/shapes_synthetic"
     checkpoint: str | None = "benchmarks/checkpoints/shapes_synthetic_learned_pointnet.pt"
+    checkpoint_backbone: str = "pointnet"  # whose best learned-canonicalized model is saved to ``checkpoint``
     label: str = "synthetic"
 
     def __post_init__(self) -> None:
@@ -174,6 +178,10 @@ class ShapesBenchConfig(HardwareSettings, CanonicalizerSettings):
             unknown = set(values) - set(known)
             if unknown:
                 raise ValueError(f"unknown shape-benchmark {name} {sorted(unknown)}; choose from {known}")
+        if self.checkpoint_backbone not in BACKBONES:
+            raise ValueError(f"checkpoint_backbone must be one of {BACKBONES}, got {self.checkpoint_backbone!r}")
+        if self.max_time_s is not None and not self.max_time_s > 0:
+            raise ValueError(f"max_time_s must be a positive number of seconds or null, got {self.max_time_s}")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.canon_group not in ("SO3", "O3"):
@@ -337,11 +345,29 @@ def check_scale_range(scale: Sequence[float] | None) -> tuple[float, float] | No
     return values
 
 
-def classify(model: nn.Module, pos: Tensor, batch_size: int = 64) -> Tensor:
-    """Predicted labels [S] for clouds ``pos`` [S, N, 3] (model in eval mode, no grad)."""
+def classify(model: nn.Module, pos: Tensor, batch_size: int = 64, device: str | torch.device | None = None) -> Tensor:
+    """Predicted labels [S] (on the CPU) for clouds ``pos`` [S, N, 3] (model in eval mode, no grad).
+
+    ``device``: where the batches are evaluated (None: the model's device); the model is moved there for the
+    call and back to where it was afterwards.
+    """
     model.eval()
-    with torch.no_grad():
-        return torch.cat([model(pos[i : i + batch_size]).argmax(-1) for i in range(0, len(pos), batch_size)])
+    home = next(model.parameters()).device
+    device = home if device is None else torch.device(device)
+    model.to(device)
+    try:
+        with torch.no_grad():
+            return torch.cat(
+                [model(pos[i : i + batch_size].to(device)).argmax(-1).cpu() for i in range(0, len(pos), batch_size)]
+            )
+    finally:
+        model.to(home)
+
+
+def eval_device(cfg: HardwareSettings) -> torch.device:
+    """Where a benchmark evaluates its trained models: the GPU when it trains on one, else the CPU."""
+    wants_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if wants_gpu else "cpu")
 
 
 def scores(pred: Tensor, label: Tensor, num_classes: int) -> dict[str, Any]:
@@ -456,7 +482,7 @@ def _train(
     augmentation = _augmentation_record(objective, run_dir, resume)
     result = fit(model, objective, train, val, train_config(settings, cfg.seed), run_dir, resume)
     model.eval()
-    val_acc = scores(classify(model, val_pos, cfg.eval_batch_size), data.val.label, len(data.classes))["accuracy"]
+    val_acc = scores(classify(model, val_pos, cfg.eval_batch_size, eval_device(cfg)), data.val.label, len(data.classes))["accuracy"]
     # a warm start continues an earlier training, whose augmentation (rotation only before it was recorded) counts
     earlier_augmentation = [before.get("train_augmentation", f"rotation {rotation}")] if before else []
     facts = {
@@ -939,7 +965,7 @@ def _evaluate(
         if test_rotation not in evaluated:
             if test_rotation not in test_views:
                 test_views[test_rotation] = rotate_clouds(data.test.pos, test_rotation, cfg.test_seed)
-            pred = classify(model, test_views[test_rotation], cfg.eval_batch_size)
+            pred = classify(model, test_views[test_rotation], cfg.eval_batch_size, eval_device(cfg))
             evaluated[test_rotation] = {**scores(pred, data.test.label, len(data.classes)), "n": len(pred)}
         rows.append(_row(method, backbone, protocol, facts, evaluated[test_rotation], cfg, invariance, frame_turn))
         print(f"[shapes] {method} {backbone} {protocol}: accuracy {rows[-1]['accuracy']:.1f}%", flush=True)
@@ -964,7 +990,7 @@ def run(cfg: ShapesBenchConfig, resume: bool = False) -> dict[str, Any]:
     keys = list(dict.fromkeys(_training_key(m, b, p.split("/")[0], cfg) for m, b, p in planned))
     data_by_points: dict[int, _Data] = {}
     test_views: dict[int, dict[str, Tensor]] = {}  # points -> test rotation -> rotated test clouds
-    best_val_accuracy = -1.0  # of the learned-canonicalized PointNets so far
+    best_val_accuracy = -1.0  # of the learned-canonicalized models of cfg.checkpoint_backbone so far
     for key in keys:
         points = cfg.budget(key[1])["points"]
         if points not in data_by_points:
@@ -974,7 +1000,11 @@ def run(cfg: ShapesBenchConfig, resume: bool = False) -> dict[str, Any]:
         model, facts = _train(key, cfg, data, resume)
         rows, evaluated = _evaluate(model, key, facts, planned, cfg, data, test_views.setdefault(points, {}))
         payload["results"] += rows
-        if key[0].startswith("learned") and key[1] == "pointnet" and facts["val_accuracy"] > best_val_accuracy:
+        if (
+            key[0].startswith("learned")
+            and key[1] == cfg.checkpoint_backbone
+            and facts["val_accuracy"] > best_val_accuracy
+        ):
             best_val_accuracy = facts["val_accuracy"]
             _save_best(cfg, model, facts, data, key, evaluated, payload)
         write()
@@ -994,7 +1024,8 @@ def _save_best(
     evaluated: dict[str, dict[str, Any]],
     payload: dict[str, Any],
 ) -> None:
-    """Save the best learned-canonicalized PointNet so far, its gallery and confusion matrix (hardest test rotation)."""
+    """Save the best learned-canonicalized model so far (of ``cfg.checkpoint_backbone``), its gallery and confusion
+    matrix (hardest test rotation)."""
     if cfg.checkpoint:
         checkpoint.save(cfg.checkpoint, model, meta=_meta(cfg, data, facts["points"], key, facts))
         payload["checkpoint"] = cfg.checkpoint
@@ -1010,7 +1041,7 @@ def _save_best(
         seed=cfg.test_seed,
     )
     test_rotation = max(evaluated, key=ROTATIONS.index)
-    title = f"{key[0]} PointNet, trained {key[2]}, tested {test_rotation}"
+    title = f"{key[0]} {BACKBONE_NAMES[key[1]]}, trained {key[2]}, tested {test_rotation}"
     matrix = plot_confusion(
         evaluated[test_rotation]["confusion"], data.classes, title, stem.with_name(stem.name + "_confusion.png")
     )

@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-epochs", type=int, help="override the epoch budget (a per-backbone budget in the config wins)"
     )
+    parser.add_argument("--max-time-s", type=float, help="wall-clock cap per training in seconds (Lightning max_time)")
     parser.add_argument("--data-root", help="ModelNet data folder (default: the config's, else $GEOCANON_DATA)")
     parser.add_argument(
         "--evaluate", type=Path, metavar="CHECKPOINT", help="evaluate a saved classifier instead of training"
@@ -81,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
         backbones=args.backbones,
         protocols=args.protocols,
         max_epochs=args.max_epochs,
+        max_time_s=args.max_time_s,
         data_root=args.data_root,
         **hardware_overrides(args),
     )
