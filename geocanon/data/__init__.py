@@ -1,4 +1,10 @@
-"""Data sets: N-body simulator and loader (more loaders are added alongside)."""
+"""Data sets: N-body simulator and loader, ModelNet, SyntheticShapes, molecules (``geocanon.data.molecules``).
+
+``SyntheticShapes`` builds its meshes with open3d; it is imported on first use, so that reading ModelNet or
+N-body data works where open3d is not installed (a GPU machine's image, say).
+"""
+
+from typing import Any
 
 from geocanon.data.nbody import (
     NBodyConfig,
@@ -14,4 +20,13 @@ from geocanon.data.nbody import (
 )
 from geocanon.data.mesh_io import normalize_unit_sphere, read_off, sample_surface
 from geocanon.data.modelnet import LAYOUTS, MODELNET10_CLASSES, MODELNET40_CLASSES, ModelNet, find_modelnet
-from geocanon.data.synthetic_shapes import SyntheticShapes, helix_curve, make_shape
+
+_OPEN3D_NAMES = ("SyntheticShapes", "helix_curve", "make_shape")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _OPEN3D_NAMES:
+        from geocanon.data import synthetic_shapes
+
+        return getattr(synthetic_shapes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
