@@ -23,6 +23,8 @@ from geocanon.bench.shapes import (
     ShapesObjective,
     _warm_start,
     canonicalizer_overhead,
+    classify,
+    eval_device,
     model_spec,
     random_rotations,
     rotate_clouds,
@@ -282,6 +284,23 @@ def test_scores_and_config_validation() -> None:
         ShapesBenchConfig(canon_group="SE3")
     with pytest.raises(ValueError, match="fa_train_frames"):
         ShapesBenchConfig(fa_train_frames="one")
+    with pytest.raises(ValueError, match="checkpoint_backbone must be one of"):
+        ShapesBenchConfig(checkpoint_backbone="vn-dgcnn")
+    with pytest.raises(ValueError, match="max_time_s must be a positive"):
+        ShapesBenchConfig(max_time_s=0)
+
+
+def test_classify_on_a_given_device_and_eval_device() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    pos = torch.randn(5, 4, 3)
+    expected = model(pos).argmax(-1)
+    for device in (None, "cpu"):
+        pred = classify(model, pos, batch_size=2, device=device)
+        assert torch.equal(pred, expected) and pred.device.type == "cpu"
+        assert next(model.parameters()).device.type == "cpu"
+    assert eval_device(ShapesBenchConfig(accelerator="cpu")) == torch.device("cpu")
+    assert eval_device(ShapesBenchConfig(accelerator="gpu")) == torch.device("cuda")
+    assert eval_device(ShapesBenchConfig(accelerator="auto")).type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_overhead_benchmark_schema(tmp_path: Path) -> None:
@@ -329,3 +348,18 @@ def test_harness_keeps_the_latest_epoch_for_resume(tmp_path: Path) -> None:
     again = fit(model, objective, data, data, TrainConfig(max_epochs=3, progress=False), tmp_path / "moved", True)
     best = torch.load(tmp_path / "moved" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     assert again == result and torch.equal(model.weight, best["state_dict"]["model.weight"])
+
+
+def test_harness_stops_at_its_time_cap(tmp_path: Path) -> None:
+    """max_time_s stops training before max_epochs; the best epoch so far is still loaded and reported."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from geocanon.bench.harness import TrainConfig, fit
+
+    def objective(model: torch.nn.Module, batch: list[torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+        return {"loss": ((model(batch[0]) - batch[1]) ** 2).mean()}
+
+    data = DataLoader(TensorDataset(torch.randn(64, 1), torch.randn(64, 1)), batch_size=1)
+    config = TrainConfig(max_epochs=1000, max_time_s=1e-3, progress=False)
+    result = fit(torch.nn.Linear(1, 1), objective, data, data, config, tmp_path)
+    assert result.epochs_run <= 1 and math.isfinite(result.best_val_loss)
