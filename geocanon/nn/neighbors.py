@@ -102,19 +102,25 @@ def farthest_point_sampling(pos: Tensor, num_samples: int, mask: Tensor | None =
     pos = pos.detach()
     if mask is None:
         mask = torch.ones(b, n, dtype=torch.bool, device=pos.device)
-    weight = mask.to(pos.dtype)
-    centroid = (pos * weight[..., None]).sum(1) / weight.sum(1, keepdim=True).clamp_min(1)
-    pos = pos - centroid[:, None]
-    # |p - c|² = |p|² - 2 p·c + |c|²: one batched mat-vec per step instead of three [B, N, 3] ops
-    sq_norm = (pos**2).sum(-1)  # [B, N], also the squared distance to the centroid
-    current = sq_norm.masked_fill(~mask, -1.0).argmax(1)
+    real = mask[..., None]
+    pos = torch.where(real, pos, torch.zeros_like(pos))  # padding may hold anything: put it at 0
+    centroid = pos.sum(1) / mask.sum(1, keepdim=True).clamp_min(1).to(pos.dtype)
+    pos = torch.where(real, pos - centroid[:, None], torch.zeros_like(pos))
+    sq_norm = (pos**2).sum(-1, keepdim=True)  # [B, N, 1], also the squared distance to the centroid
+    ones = torch.ones_like(sq_norm)
+    # |p - c|² = [p, 1, |p|²] · [-2c, |c|², 1]: one gather and one batched mat-vec per step. The loop is
+    # sequential by nature, and on a GPU every operation in it is a kernel launch, so it keeps them few.
+    keys = torch.cat([pos, ones, sq_norm], -1)  # [B, N, 5]
+    queries = torch.cat([-2 * pos, sq_norm, ones], -1)  # [B, N, 5]
+    # padding starts at -1 and stays there (distances are >= 0): never picked while a real point is left
+    min_dist = sq_norm[..., 0].masked_fill(~mask, -1.0)
+    current = min_dist.argmax(1)
     chosen = [current]
-    min_dist = torch.full((b, n), float("inf"), dtype=pos.dtype, device=pos.device).masked_fill(~mask, -1.0)
+    min_dist = torch.full_like(min_dist, float("inf")).masked_fill(~mask, -1.0)
     rows = torch.arange(b, device=pos.device)
     for _ in range(num_samples - 1):
-        centre = pos[rows, current]  # [B, 3]
-        d = torch.baddbmm((sq_norm + sq_norm[rows, current][:, None])[:, :, None], pos, centre[:, :, None], alpha=-2.0)
-        min_dist = torch.minimum(min_dist, d[..., 0]).masked_fill(~mask, -1.0)
+        d = torch.bmm(keys, queries[rows, current][:, :, None])[..., 0]  # [B, N] squared distances to the pick
+        min_dist = torch.minimum(min_dist, d)
         current = min_dist.argmax(1)
         chosen.append(current)
     return torch.stack(chosen, 1)
