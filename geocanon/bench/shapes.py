@@ -151,7 +151,7 @@ class ShapesBenchConfig(HardwareSettings, CanonicalizerSettings):
     scheduler: str = "cosine"
     patience: int | None = None
     check_val_every_n_epoch: int = 1
-    max_time_s: float | None = None  # wall-clock cap per training (stops after the epoch running out; None: off)
+    max_time_s: float | None = None  # wall-clock cap per training (Lightning max_time, checked every batch; None: off)
     # warm restart: the run_dir of an earlier run; each model found there (<dir>/<method>_<backbone>_<rotation>/
     # model.pt) starts from those weights with a fresh optimizer and LR schedule (SGDR-style); epochs add up
     warm_start_dir: str | None = None
@@ -352,7 +352,7 @@ def classify(model: nn.Module, pos: Tensor, batch_size: int = 64, device: str | 
     call and back to where it was afterwards.
     """
     model.eval()
-    home = next(model.parameters()).device
+    home = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = home if device is None else torch.device(device)
     model.to(device)
     try:

@@ -113,10 +113,10 @@ def farthest_point_sampling(pos: Tensor, num_samples: int, mask: Tensor | None =
     keys = torch.cat([pos, ones, sq_norm], -1)  # [B, N, 5]
     queries = torch.cat([-2 * pos, sq_norm, ones], -1)  # [B, N, 5]
     # padding starts at -1 and stays there (distances are >= 0): never picked while a real point is left
-    min_dist = sq_norm[..., 0].masked_fill(~mask, -1.0)
-    current = min_dist.argmax(1)
+    from_centroid = sq_norm[..., 0].masked_fill(~mask, -1.0)  # [B, N]
+    current = from_centroid.argmax(1)
     chosen = [current]
-    min_dist = torch.full_like(min_dist, float("inf")).masked_fill(~mask, -1.0)
+    min_dist = torch.full_like(from_centroid, float("inf")).masked_fill(~mask, -1.0)
     rows = torch.arange(b, device=pos.device)
     for _ in range(num_samples - 1):
         d = torch.bmm(keys, queries[rows, current][:, :, None])[..., 0]  # [B, N] squared distances to the pick
