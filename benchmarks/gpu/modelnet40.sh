@@ -12,6 +12,7 @@ seconds=${1:?training seconds}
 export GEOCANON_COMMIT=${2:?commit of the working tree} PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XDG_CACHE_HOME=/tmp/cache
 test -f /tmp/stage/step_dgcnn.json || { echo "no /tmp/stage: this is a fresh machine, run benchmarks/gpu/stage.sh first"; exit 3; }
 python3 benchmarks/gpu/modelnet40_transport.py unpack /tmp/modelnet40-1024 /tmp/stage/part_a .gpu_b || exit 4
+# 9351 training shapes per epoch: the 9843 of the train split less the configs' 5% validation hold-out (492)
 python3 benchmarks/gpu/calibrate.py plan "$seconds" 9351 /tmp/stage/step_*.json | tee /tmp/stage/epochs.env
 source /tmp/stage/epochs.env
 mkdir -p /tmp/bin

@@ -3,7 +3,7 @@
 The GPU machine only receives what travels with the repository (at most 64 MiB per call), and the
 per-shape ``.npy`` copy is 195 MB of float32. ``pack`` stores every coordinate as 16-bit fixed point over
 [-1, 1] (the clouds are unit-sphere normalised; error <= 1/65535 ≈ 1.5e-5 of the radius, far below the
-point spacing) in parts of at most ``--max-mb`` MB; ``unpack`` writes them back in the same ``npy`` layout
+point spacing), split evenly over the part folders given (two parts of ~39 MB for the full set); ``unpack`` writes them back in the same ``npy`` layout
 (float32) so that the benchmark reads them with the ordinary loader. The packed parts live in folders that
 git ignores and are deleted after the run: they are a transport format, not a copy of the data set.
 
