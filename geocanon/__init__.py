@@ -13,6 +13,7 @@ from .canonicalizers import (
     IdentityCanonicalizer,
     OctahedralChoice,
     PCACanonicalizer,
+    PoseSearch,
     RegressedOrientation,
 )
 from .frames import (
@@ -45,6 +46,7 @@ __all__ = [
     "OctahedralChoice",
     "RegressedOrientation",
     "PCACanonicalizer",
+    "PoseSearch",
     "axis_prior",
     "fraction_within",
     "geodesic_angle",

@@ -45,7 +45,7 @@ REGISTRY: dict[str, str] = {
 }
 
 # composite models whose config holds nested specs
-_COMPOSITES = {"canonicalized", "comoving", "frame_averaged", "octahedral_choice", "regressed_orientation"}
+_COMPOSITES = {"canonicalized", "comoving", "frame_averaged", "octahedral_choice", "pose_search", "regressed_orientation"}
 
 
 def _resolve(name: str) -> type[nn.Module]:
@@ -68,6 +68,10 @@ def build(spec: dict[str, Any]) -> nn.Module:
         from .canonicalizers.choice import OctahedralChoice
 
         module = OctahedralChoice(build(config.pop("base")), **config)
+    elif name == "pose_search":
+        from .canonicalizers.search import PoseSearch
+
+        module = PoseSearch(build(config.pop("base")), **config)
     elif name == "regressed_orientation":
         from .canonicalizers.orientation import RegressedOrientation
 

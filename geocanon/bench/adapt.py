@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from .. import checkpoint
 from ..canonicalizers.base import Canonicalizer
 from ..canonicalizers.choice import OctahedralChoice
+from ..canonicalizers.search import PoseSearch
 from ..prior import CanonicalizationPrior, fraction_within, mean_angle_to_identity
 from ..testing import equivariance_error
 from ..wrap import Canonicalized
@@ -130,9 +131,9 @@ class AdaptObjective:
         out = model(pos)
         task = self.task_loss(out, target)
         prior = self.prior(model.last_frame.rotation)
-        choice = _octahedral_choice(model.canonicalizer)
+        choice = _candidate_choice(model.canonicalizer)
         if choice is not None:
-            prior = prior + self.prior.choice_loss(choice.last_base_rotation, choice.last_logits, choice.candidates)
+            prior = prior + self.prior.choice_loss(choice.last_base_rotation, choice.last_logits, choice.last_candidates)
         metrics = {"loss": task + prior, "task_loss": task, "prior": prior}
         if not target.is_floating_point():
             metrics["acc"] = (out.argmax(-1) == target).float().mean()
@@ -251,6 +252,11 @@ class AdaptBenchConfig(HardwareSettings, CanonicalizerSettings):
     canon_choice_hidden: int = 64
     canon_regression: bool = False  # wrap it (after the choice) in a RegressedOrientation (a continuous correction)
     canon_regression_hidden: int = 64
+    canon_search: bool = False  # wrap it in a PoseSearch (a learned search over a grid of rotations) instead of a choice
+    canon_search_candidates: int = 4608
+    canon_search_hidden: int = 64
+    canon_search_points: int = 64
+    canon_search_train_candidates: int = 128
     # adaptations
     runs: list[dict[str, Any]] = field(
         default_factory=lambda: [{"prior": "none"}, {"prior": "identity", "beta": 1.0},
@@ -274,6 +280,8 @@ class AdaptBenchConfig(HardwareSettings, CanonicalizerSettings):
         if self.pretrain_rotation not in ("none", "z"):
             raise ValueError(f"pretrain_rotation must be 'none' (upright) or 'z', got {self.pretrain_rotation!r}")
         self.runs = [_check_run(i, r) for i, r in enumerate(self.runs)]
+        if self.canon_search and self.canon_choice:
+            raise ValueError("canon_search and canon_choice are alternatives (both pick a rotation of the base frame): set one")
         self.shapes_config()  # validates dataset, backbone and the data keys
 
     def shapes_config(self) -> ShapesBenchConfig:
@@ -292,6 +300,10 @@ class AdaptBenchConfig(HardwareSettings, CanonicalizerSettings):
         spec = model_spec("learned", self.backbone, self.shapes_config(), num_classes)["config"]["canonicalizer"]
         if self.canon_choice:
             spec = {"name": "octahedral_choice", "config": {"base": spec, "hidden": self.canon_choice_hidden}}
+        if self.canon_search:
+            spec = {"name": "pose_search", "config": {
+                "base": spec, "num_candidates": self.canon_search_candidates, "hidden": self.canon_search_hidden,
+                "num_points": self.canon_search_points, "train_candidates": self.canon_search_train_candidates}}  # fmt: skip
         if self.canon_regression:
             spec = {"name": "regressed_orientation", "config": {"base": spec, "hidden": self.canon_regression_hidden}}
         return spec
@@ -412,7 +424,7 @@ def evaluate(
     (fraction within 10° of the identity), ``mean_angle_deg`` (mean geodesic angle to it),
     ``up_angle_deg`` (mean angle between the canonical and the input z axis: what the axis prior
     constrains) and ``invariance_error`` (SO(3), 8 clouds, 2 trials); None otherwise. For an
-    :class:`~geocanon.OctahedralChoice` among its canonicalizers also ``choice_ceiling``: the upright accuracy when
+    :class:`~geocanon.OctahedralChoice` or :class:`~geocanon.PoseSearch` among its canonicalizers also ``choice_ceiling``: the upright accuracy when
     each cloud gets the candidate that brings the canonical "up" closest to the input's (an oracle
     choice: what a perfect head could reach with these base frames).
     ``per_class`` holds the upright, SO(3) and ceiling accuracies of every class (lists of length
@@ -438,7 +450,7 @@ def evaluate(
             mean_angle_deg=mean_angle_to_identity(rotation),
             up_angle_deg=math.degrees(cos_up.acos().mean().item()),
         )
-        choice = _octahedral_choice(model.canonicalizer)
+        choice = _candidate_choice(model.canonicalizer)
         if choice is not None:
             ceiling = _choice_ceiling(model.backbone, choice, pos, label, batch_size)
             row["choice_ceiling"] = 100.0 * ceiling.double().mean().item()
@@ -447,9 +459,9 @@ def evaluate(
     return row
 
 
-def _octahedral_choice(canon: nn.Module) -> OctahedralChoice | None:
-    """The OctahedralChoice in a chain of canonicalizers wrapping one another through ``.base``, if any."""
-    while canon is not None and not isinstance(canon, OctahedralChoice):
+def _candidate_choice(canon: nn.Module) -> OctahedralChoice | PoseSearch | None:
+    """The OctahedralChoice or PoseSearch in a chain of canonicalizers wrapping one another through ``.base``, if any."""
+    while canon is not None and not isinstance(canon, (OctahedralChoice, PoseSearch)):
         canon = getattr(canon, "base", None)
     return canon
 
@@ -465,9 +477,9 @@ def _forget_last_call(model: nn.Module) -> None:
 
 
 def _choice_ceiling(
-    backbone: nn.Module, choice: OctahedralChoice, pos: Tensor, label: Tensor, batch_size: int
+    backbone: nn.Module, choice: OctahedralChoice | PoseSearch, pos: Tensor, label: Tensor, batch_size: int
 ) -> Tensor:
-    """[S] bool: correct on upright clouds with the oracle candidate of an OctahedralChoice (see :func:`evaluate`)."""
+    """[S] bool: correct on upright clouds with the oracle candidate of an OctahedralChoice or PoseSearch (see :func:`evaluate`)."""
     with torch.no_grad():
         base = torch.cat([choice.base(pos[i : i + batch_size]).rotation for i in range(0, len(pos), batch_size)])
         up = torch.tensor(UP, dtype=base.dtype)
@@ -577,6 +589,13 @@ def _markdown(cfg: AdaptBenchConfig, payload: dict[str, Any]) -> str:
                 if cfg.canon_choice else ""
             )
             + (
+                f" wrapped in a PoseSearch (a PointNet of width {cfg.canon_search_hidden} scores the "
+                f"{cfg.canon_search_points}-point base-canonical cloud rotated by each of {cfg.canon_search_candidates} grid "
+                f"rotations and the best is taken; {cfg.canon_search_train_candidates} random ones per training step; the "
+                "prior trains it through its choice loss)"
+                if cfg.canon_search else ""
+            )
+            + (
                 f", then in a RegressedOrientation (a PointNet head of width {cfg.canon_regression_hidden} regresses "
                 "a rotation from the canonical cloud, trained through the prior on the final frame)"
                 if cfg.canon_regression else ""
@@ -590,7 +609,7 @@ def _markdown(cfg: AdaptBenchConfig, payload: dict[str, Any]) -> str:
             "accuracy_upright / accuracy_so3: test accuracy (%) on upright clouds and on the same clouds under one "
             f"Haar-random rotation each (seed {cfg.test_seed}). Frames of the upright test clouds: within_10deg = "
             "fraction within 10° of the identity, mean_angle_deg = mean geodesic angle to it, up_angle_deg = mean "
-            "angle between the canonical and the input z axis. choice_ceiling (OctahedralChoice only): upright "
+            "angle between the canonical and the input z axis. choice_ceiling (OctahedralChoice / PoseSearch only): upright "
             "accuracy if every cloud got the candidate rotation that best restores its z axis — the best any head "
             "could do with these base frames. invariance_error: max relative change of the logits of "
             "8 test clouds under random SO(3) rotations (float32; ~1e-6 = exactly invariant). Priors: identity "

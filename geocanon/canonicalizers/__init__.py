@@ -6,6 +6,7 @@ from .identity import IdentityCanonicalizer
 from .learned import E3nnCanonicalizer
 from .orientation import RegressedOrientation
 from .pca import PCACanonicalizer, principal_axes
+from .search import PoseSearch, rotation_grid
 
 __all__ = [
     "Canonicalizer",
@@ -14,7 +15,9 @@ __all__ = [
     "IdentityCanonicalizer",
     "OctahedralChoice",
     "PCACanonicalizer",
+    "PoseSearch",
     "RegressedOrientation",
     "cube_rotations",
     "principal_axes",
+    "rotation_grid",
 ]

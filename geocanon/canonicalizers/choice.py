@@ -54,7 +54,8 @@ class OctahedralChoice(CorrectedCanonicalizer):
     optional mask, or flat with ``batch``); returns a Frame with ``rotation`` [B, 3, 3].
 
     Attributes set by each call (for the prior's choice loss): ``last_base_rotation`` [B, 3, 3] and
-    ``last_logits`` [B, K]; ``candidates`` [K, 3, 3] is a buffer.
+    ``last_logits`` [B, K]; ``candidates`` [K, 3, 3] is a buffer, also read as ``last_candidates`` (the
+    rotations the logits score, as for :class:`~geocanon.canonicalizers.search.PoseSearch`).
     """
 
     def __init__(self, base: Canonicalizer, hidden: int = 64) -> None:
@@ -62,6 +63,11 @@ class OctahedralChoice(CorrectedCanonicalizer):
         self.register_buffer("candidates", cube_rotations(has_reflections(base.group)), persistent=False)
         self.chooser = CloudHead(self.candidates.shape[0], hidden)
         self.last_logits: Tensor | None = None
+
+    @property
+    def last_candidates(self) -> Tensor:
+        """The rotations [K, 3, 3] scored by ``last_logits``: always all the candidates."""
+        return self.candidates
 
     def correction(self, canonical: Tensor, mask: Tensor) -> Tensor:
         """The candidate with the highest logit [B, 3, 3]; the logits [B, K] are kept in ``last_logits``."""
