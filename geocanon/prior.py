@@ -96,7 +96,7 @@ class CanonicalizationPrior(nn.Module):
         Args:
             base_rotation: [B, 3, 3] base frames R0 (no gradient flows into them from this loss).
             logits: [B, K] the choice head's scores of the candidates.
-            candidates: [K, 3, 3] the rotations P_k (frames R0 P_k).
+            candidates: [K, 3, 3] the rotations P_k (frames R0 P_k), or [B, K, 3, 3] for each frame its own.
             temperature: τ of the target ``softmax(−prior(R0 P_k)/τ)``; prior values are squared
                 distances in [0, 8] (identity) or [0, 4] (axis).
         """

@@ -29,12 +29,14 @@ def test_rotation_grid_starts_with_the_cube_and_is_reproducible(dtype):
 
 def _search(group: str, **kwargs) -> PoseSearch:
     base = E3nnCanonicalizer(group, hidden_mul=4, k=6, num_points=16, power_iterations=8)
-    return PoseSearch(base, **{"num_candidates": 200, "hidden": 16, "num_points": 24, "train_candidates": 32, **kwargs})
+    return PoseSearch(base, **{"num_candidates": 200, "hidden": 16, "num_points": 24, "lmax": 4, "num_radial": 3,
+                               "train_candidates": 32, **kwargs})  # fmt: skip
 
 
+@pytest.mark.parametrize("scorer", ["pointnet", "spherical"])
 @pytest.mark.parametrize("group", ["SO3", "O3", "SE3", "E3"])
-def test_searched_frame_is_equivariant_dense_flat_and_masked(group, dtype):
-    canon = _search(group).eval()
+def test_searched_frame_is_equivariant_dense_flat_and_masked(group, scorer, dtype):
+    canon = _search(group, scorer=scorer).eval()
     pos = torch.randn(5, 40, 3) * torch.tensor([2.0, 1.0, 0.5]) + 1.0
     g = random_group_element(group, 5, dtype=pos.dtype)
     f = canon(pos)
@@ -74,6 +76,25 @@ def test_training_scores_a_random_subset_of_the_grid():
     assert torch.allclose(frame.rotation, canon.last_base_rotation @ chosen)
     canon(pos)
     assert not torch.equal(canon.last_candidates, subset)  # drawn anew per call
+
+
+@pytest.mark.parametrize("scorer", ["pointnet", "spherical"])
+def test_hard_candidates_add_each_clouds_best_rotations_so_training_picks_the_evaluation_frame(scorer):
+    canon = _search("SO3", scorer=scorer, hard_candidates=5)
+    pos = torch.randn(4, 40, 3) * torch.tensor([2.0, 1.0, 0.5])
+    evaluated = canon.eval()(pos).rotation
+    best = canon.last_logits.topk(5, dim=1).indices
+    trained = canon.train()(pos).rotation
+    assert canon.last_candidates.shape == (4, 32 + 5, 3, 3) and canon.last_logits.shape == (4, 37)
+    assert torch.equal(canon.last_candidates[:, 32:], canon.candidates[best])
+    assert torch.allclose(trained, evaluated)
+    loss = CanonicalizationPrior("identity", 1.0).choice_loss(canon.last_base_rotation, canon.last_logits, canon.last_candidates)
+    loss.backward()  # per-cloud candidates
+    assert sum(p.grad.abs().sum() for p in canon.scorer.parameters()) > 0
+    with pytest.raises(ValueError, match="hard_candidates must be >= 0"):
+        _search("SO3", hard_candidates=-1)
+    with pytest.raises(ValueError, match="scorer must be 'pointnet' or 'spherical'"):
+        _search("SO3", scorer="mlp")
 
 
 def test_identity_prior_teaches_the_scorer_to_put_clouds_back_upright():

@@ -254,9 +254,13 @@ class AdaptBenchConfig(HardwareSettings, CanonicalizerSettings):
     canon_regression_hidden: int = 64
     canon_search: bool = False  # wrap it in a PoseSearch (a learned search over a grid of rotations) instead of a choice
     canon_search_candidates: int = 4608
+    canon_search_scorer: str = "pointnet"  # or "spherical" (an MLP of rotated spherical-harmonic moments; cheaper)
+    canon_search_lmax: int = 6
+    canon_search_radial: int = 4
     canon_search_hidden: int = 64
     canon_search_points: int = 64
     canon_search_train_candidates: int = 128
+    canon_search_hard_candidates: int = 0
     # adaptations
     runs: list[dict[str, Any]] = field(
         default_factory=lambda: [{"prior": "none"}, {"prior": "identity", "beta": 1.0},
@@ -302,8 +306,10 @@ class AdaptBenchConfig(HardwareSettings, CanonicalizerSettings):
             spec = {"name": "octahedral_choice", "config": {"base": spec, "hidden": self.canon_choice_hidden}}
         if self.canon_search:
             spec = {"name": "pose_search", "config": {
-                "base": spec, "num_candidates": self.canon_search_candidates, "hidden": self.canon_search_hidden,
-                "num_points": self.canon_search_points, "train_candidates": self.canon_search_train_candidates}}  # fmt: skip
+                "base": spec, "num_candidates": self.canon_search_candidates, "scorer": self.canon_search_scorer,
+                "lmax": self.canon_search_lmax, "num_radial": self.canon_search_radial, "hidden": self.canon_search_hidden,
+                "num_points": self.canon_search_points, "train_candidates": self.canon_search_train_candidates,
+                "hard_candidates": self.canon_search_hard_candidates}}  # fmt: skip
         if self.canon_regression:
             spec = {"name": "regressed_orientation", "config": {"base": spec, "hidden": self.canon_regression_hidden}}
         return spec
@@ -589,10 +595,15 @@ def _markdown(cfg: AdaptBenchConfig, payload: dict[str, Any]) -> str:
                 if cfg.canon_choice else ""
             )
             + (
-                f" wrapped in a PoseSearch (a PointNet of width {cfg.canon_search_hidden} scores the "
-                f"{cfg.canon_search_points}-point base-canonical cloud rotated by each of {cfg.canon_search_candidates} grid "
-                f"rotations and the best is taken; {cfg.canon_search_train_candidates} random ones per training step; the "
-                "prior trains it through its choice loss)"
+                " wrapped in a PoseSearch ("
+                + (f"a PointNet of width {cfg.canon_search_hidden} scores the {cfg.canon_search_points}-point base-canonical cloud"
+                   if cfg.canon_search_scorer == "pointnet" else
+                   f"an MLP of width {cfg.canon_search_hidden} scores the degree ≤ {cfg.canon_search_lmax} spherical-harmonic "
+                   f"moments on {cfg.canon_search_radial} shells of the base-canonical cloud")
+                + f" rotated by each of {cfg.canon_search_candidates} grid rotations and the best is taken; "
+                f"{cfg.canon_search_train_candidates} random ones per training step"
+                + (f" plus each cloud's {cfg.canon_search_hard_candidates} best" if cfg.canon_search_hard_candidates else "")
+                + "; the prior trains it through its choice loss)"
                 if cfg.canon_search else ""
             )
             + (

@@ -5,8 +5,9 @@ the cube, so it fails wherever the base frame itself is arbitrary: the principal
 tetrahedron, octahedron or icosahedron are undetermined (their covariance is isotropic), and those of a
 helix or an L-shape are tilted from the object's own axes. :class:`PoseSearch` instead scores every
 rotation ``G_k`` of a fixed grid of K rotations (the 24 cube rotations, then Haar-random ones from a seed)
-by how upright the base-canonical cloud looks when rotated by it, with one small PointNet of the rotated
-cloud, and returns ``R = R0 · G_k*`` for the best score. Everything the scorer reads is invariant (the
+by how upright the base-canonical cloud looks when rotated by it — with a small PointNet of the rotated
+cloud, or (much cheaper) an MLP of its rotated spherical-harmonic moments
+(:class:`~geocanon.nn.spherical_scorer.SphericalScorer`) — and returns ``R = R0 · G_k*`` for the best score. Everything the scorer reads is invariant (the
 base-canonical cloud, rotated by fixed matrices), so the choice is invariant and ``R`` exactly equivariant
 (ties between two scores are the only, measure-zero, exception). Symmetric shapes need no special care:
 rotations that map a shape onto itself give the same rotated cloud, hence the same score, and any of them
@@ -29,10 +30,11 @@ from __future__ import annotations
 
 import torch
 from e3nn import o3
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..nn.neighbors import farthest_point_sampling
 from ..nn.pointnet import CloudHead
+from ..nn.spherical_scorer import SphericalScorer
 from .base import Canonicalizer, CorrectedCanonicalizer
 from .choice import cube_rotations
 
@@ -62,55 +64,89 @@ class PoseSearch(CorrectedCanonicalizer):
     Args:
         base: the canonicalizer giving ``R0`` (its group is this one's; its translation is kept; ``det R = det R0``).
         num_candidates: K, size of the rotation grid (:func:`rotation_grid`).
-        hidden: width of the scorer (per-point MLP 3 → hidden → 2·hidden, max-pool, MLP → 1).
-        num_points: points the scorer reads: a farthest-point subsample of the base-canonical cloud
-            (invariant, so the choice stays invariant).
+        scorer: "pointnet" (a PointNet of each rotated ``num_points``-point farthest-point subsample: per-point
+            MLP 3 → hidden → 2·hidden, max-pool, MLP → 1) or "spherical" (a
+            :class:`~geocanon.nn.spherical_scorer.SphericalScorer` of all points: degree ≤ ``lmax`` moments on
+            ``num_radial`` shells, MLP of width ``hidden``).
+        hidden: width of the scorer.
+        num_points: points the "pointnet" scorer reads (an invariant subsample, so the choice stays invariant).
+        lmax, num_radial: of the "spherical" scorer.
         train_candidates: grid rotations scored per call in training mode (drawn at random; all K if
             larger than K).
+        hard_candidates: in training mode, also score each cloud's ``hard_candidates`` best grid rotations
+            under the current scorer (found without autograd over the whole grid), so the loss sees the
+            rotations the search would pick at evaluation and can push down wrong ones (hard negatives);
+            the frame of a training call is then the evaluation frame. 0: random rotations only.
         seed: seed of the grid.
 
     Shapes: as every :class:`~geocanon.canonicalizers.base.Canonicalizer` (dense [B, N, 3] with optional
     mask, or flat with ``batch``); returns a Frame with ``rotation`` [B, 3, 3].
 
     Attributes set by each call (for the prior's choice loss): ``last_base_rotation`` [B, 3, 3],
-    ``last_logits`` [B, K'] (the scores) and ``last_candidates`` [K', 3, 3] (the rotations scored:
-    K' = ``train_candidates`` in training mode, K in eval mode); ``candidates`` [K, 3, 3] is a buffer.
+    ``last_logits`` [B, K'] (the scores) and ``last_candidates`` (the rotations scored: [K, 3, 3] in eval
+    mode, [K', 3, 3] with K' = ``train_candidates`` in training mode, or [B, K', 3, 3] with
+    K' = ``train_candidates + hard_candidates`` when each cloud adds its own); ``candidates`` [K, 3, 3] is a buffer.
     """
 
-    def __init__(self, base: Canonicalizer, num_candidates: int = 4608, hidden: int = 64, num_points: int = 64,
-                 train_candidates: int = 128, seed: int = 0) -> None:  # fmt: skip
+    def __init__(self, base: Canonicalizer, num_candidates: int = 4608, scorer: str = "pointnet", hidden: int = 64,
+                 num_points: int = 64, lmax: int = 6, num_radial: int = 4, train_candidates: int = 128,
+                 hard_candidates: int = 0, seed: int = 0) -> None:  # fmt: skip
         super().__init__(base)
         if num_points < 1 or train_candidates < 1 or hidden < 1:
             raise ValueError(f"num_points, train_candidates and hidden must be >= 1, got {num_points}, {train_candidates}, {hidden}")
+        if hard_candidates < 0:
+            raise ValueError(f"hard_candidates must be >= 0, got {hard_candidates}")
+        if scorer not in ("pointnet", "spherical"):
+            raise ValueError(f"scorer must be 'pointnet' or 'spherical', got {scorer!r}")
         self.num_points = num_points
         self.train_candidates = train_candidates
+        self.hard_candidates = hard_candidates
         self.register_buffer("candidates", rotation_grid(num_candidates, seed), persistent=False)
-        self.scorer = CloudHead(1, hidden)
+        self.scorer: nn.Module = (
+            CloudHead(1, hidden) if scorer == "pointnet" else SphericalScorer(self.candidates, lmax, num_radial, hidden)
+        )
         self.last_logits: Tensor | None = None
         self.last_candidates: Tensor | None = None
 
-    def scores(self, canonical: Tensor, mask: Tensor, rotations: Tensor) -> Tensor:
-        """Scores [B, K'] of the base-canonical clouds [B, N, 3] (mask [B, N]) rotated by each of ``rotations`` [K', 3, 3]."""
-        index = farthest_point_sampling(canonical, self.num_points, mask)  # [B, S]
-        points = torch.gather(canonical, 1, index[..., None].expand(-1, -1, 3))  # [B, S, 3], all real
+    def scores(self, canonical: Tensor, mask: Tensor, index: Tensor) -> Tensor:
+        """Scores [B, K'] of the base-canonical clouds [B, N, 3] (mask [B, N]) under the grid rotations ``index``
+        ([K'] for all clouds, or [B, K'] per cloud); chunked over K' when autograd is off."""
+        if isinstance(self.scorer, SphericalScorer):
+            return self.scorer(canonical, mask, index)
+        sample = farthest_point_sampling(canonical, self.num_points, mask)  # [B, S]
+        points = torch.gather(canonical, 1, sample[..., None].expand(-1, -1, 3))  # [B, S, 3], all real
         b, s, _ = points.shape
-        chunk = rotations.shape[0] if self.training else max(1, _POINTS_PER_CHUNK // (b * s))
-        everything = torch.ones(1, 1, dtype=torch.bool, device=points.device).expand(b * min(chunk, rotations.shape[0]), s)
+        rotations = self.candidates.to(canonical.dtype)[index.expand(b, *index.shape[-1:])]  # [B, K', 3, 3]
+        k = rotations.shape[1]
+        chunk = max(1, _POINTS_PER_CHUNK // (b * s)) if not torch.is_grad_enabled() else k
+        everything = torch.ones(1, 1, dtype=torch.bool, device=points.device).expand(b * min(chunk, k), s)
         out = []
-        for start in range(0, rotations.shape[0], chunk):
-            part = rotations[start : start + chunk]
+        for start in range(0, k, chunk):
+            part = rotations[:, start : start + chunk]
             # coordinates in the frame R0 G: (R0 G)^T x = G^T (R0^T x), i.e. row vectors times G
-            rotated = torch.einsum("bsd,kde->bkse", points, part).flatten(0, 1)  # [B * k, S, 3]
-            out.append(self.scorer(rotated, everything[: rotated.shape[0]]).view(b, part.shape[0]))
+            rotated = torch.einsum("bsd,bkde->bkse", points, part).flatten(0, 1)  # [B * k, S, 3]
+            out.append(self.scorer(rotated, everything[: rotated.shape[0]]).view(b, part.shape[1]))
         return torch.cat(out, 1)
 
     def correction(self, canonical: Tensor, mask: Tensor) -> Tensor:
         """The best-scoring grid rotation [B, 3, 3]; scores and the rotations scored are kept (class docstring)."""
         grid = self.candidates.to(canonical.dtype)
-        if self.training and self.train_candidates < grid.shape[0]:
-            grid = grid[torch.randperm(grid.shape[0], device=grid.device)[: self.train_candidates]]
-        self.last_candidates = grid
-        # the frame takes no gradient from the scores (an argmax); only the choice loss of training needs them
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.training):
-            self.last_logits = self.scores(canonical, mask, grid)
-        return grid[self.last_logits.argmax(-1)]
+        everything = torch.arange(grid.shape[0], device=grid.device)
+        if not self.training:
+            with torch.no_grad():  # the frame takes no gradient from an argmax
+                self.last_logits = self.scores(canonical, mask, everything)
+            self.last_candidates = grid
+            return grid[self.last_logits.argmax(-1)]
+        index = everything
+        if self.train_candidates < grid.shape[0]:
+            index = torch.randperm(grid.shape[0], device=grid.device)[: self.train_candidates]
+        if self.hard_candidates:
+            with torch.no_grad():
+                best = self.scores(canonical, mask, everything).topk(min(self.hard_candidates, grid.shape[0]), dim=1).indices
+            index = torch.cat([index.expand(best.shape[0], -1), best], 1)  # [B, K']
+        self.last_candidates = grid[index]
+        self.last_logits = self.scores(canonical, mask, index)
+        chosen = self.last_logits.argmax(-1)
+        if index.ndim == 2:
+            return self.last_candidates[torch.arange(index.shape[0], device=chosen.device), chosen]
+        return self.last_candidates[chosen]
