@@ -6,8 +6,11 @@ import math
 
 import pytest
 import torch
+from e3nn import o3
 
 from geocanon import CanonicalizationPrior, axis_prior, fraction_within, identity_prior, mean_angle_to_identity
+from geocanon.canonicalizers import cube_rotations
+from geocanon.prior import appearance_prior
 
 
 def rot_z(theta: float) -> torch.Tensor:
@@ -74,3 +77,42 @@ def test_prior_batch_mean_reference_reflection_and_axis_scale():
     tilted = rot_x(0.6)[None]
     assert axis_prior(tilted, axis=(0.0, 0.0, 5.0)).item() == pytest.approx(axis_prior(tilted).item(), abs=1e-12)
     assert fraction_within(r, 10.0, reference=rot_z(0.25)) == pytest.approx(1 / 3)  # 0.2 rad is 2.9° from 0.25
+
+
+def _square_prism() -> torch.Tensor:
+    """A point set mapped onto itself by 90° turns about z (and by 180° turns about x): [1, 48, 3]."""
+    g = torch.linspace(-1.0, 1.0, 4)
+    xy = torch.cartesian_prod(g, g)
+    return torch.cat([torch.cat([xy, torch.full((16, 1), z)], 1) for z in (-0.5, 0.0, 0.5)])[None]
+
+
+def test_appearance_prior_is_zero_at_the_identity_and_at_the_shapes_symmetries():
+    prism = _square_prism()
+    quarter = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])[None]  # 90° about z
+    tilt = o3.axis_angle_to_matrix(torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.3]))
+    assert appearance_prior(torch.eye(3)[None], prism, num_points=48).item() == pytest.approx(0.0, abs=1e-12)
+    assert appearance_prior(quarter, prism, num_points=48).item() == pytest.approx(0.0, abs=1e-10)
+    assert appearance_prior(tilt, prism, num_points=48).item() > 1e-3
+    assert identity_prior(quarter) > 1.0  # the identity prior tells the two symmetric poses apart
+    # translation of the input does not matter (both clouds are centred at the input's centroid)
+    shifted = appearance_prior(tilt, prism + torch.tensor([5.0, -2.0, 1.0]), num_points=48)
+    assert shifted.item() == pytest.approx(appearance_prior(tilt, prism, num_points=48).item(), rel=1e-4)
+
+
+def test_appearance_choice_loss_spreads_its_target_over_symmetric_candidates():
+    prism = _square_prism()
+    prior = CanonicalizationPrior("appearance", 1.0, appearance_points=48)
+    candidates = cube_rotations()
+    logits = torch.zeros(1, 24, requires_grad=True)
+    prior.choice_loss(torch.eye(3)[None], logits, candidates, pos=prism).backward()
+    # d loss / d logits = softmax(logits) - target: the target is where the gradient is most negative
+    target = (1.0 / 24 - logits.grad[0]).clamp_min(0)
+    keeps_z = (candidates[:, 2, 2] == 1.0) & (candidates[:, :2, 2] == 0).all(-1)  # the 4 turns about z
+    flips_z = candidates[:, 2, 2] == -1.0  # the 4 half turns about horizontal axes: also symmetries of the prism
+    assert torch.allclose(target[keeps_z | flips_z], torch.full((8,), 1 / 8), atol=1e-3)
+    with pytest.raises(ValueError, match="pass pos"):
+        prior.choice_loss(torch.eye(3)[None], logits, candidates)
+    with pytest.raises(ValueError, match="pass pos"):
+        prior(torch.eye(3)[None])
+    with pytest.raises(ValueError, match="prior kind must be"):
+        CanonicalizationPrior("upright")

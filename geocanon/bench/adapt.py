@@ -66,7 +66,7 @@ __all__ = [
     "run",
 ]
 
-PRIORS = ("none", "identity", "axis")
+PRIORS = ("none", "identity", "axis", "appearance")
 UP = (0.0, 0.0, 1.0)
 RUN_KEYS = {"prior", "beta", "finetune"}
 
@@ -130,10 +130,11 @@ class AdaptObjective:
             pos = pos @ q.transpose(1, 2)
         out = model(pos)
         task = self.task_loss(out, target)
-        prior = self.prior(model.last_frame.rotation)
+        prior = self.prior(model.last_frame.rotation, pos)
         choice = _candidate_choice(model.canonicalizer)
         if choice is not None:
-            prior = prior + self.prior.choice_loss(choice.last_base_rotation, choice.last_logits, choice.last_candidates)
+            prior = prior + self.prior.choice_loss(choice.last_base_rotation, choice.last_logits, choice.last_candidates,
+                                                   pos=pos)  # fmt: skip
         metrics = {"loss": task + prior, "task_loss": task, "prior": prior}
         if not target.is_floating_point():
             metrics["acc"] = (out.argmax(-1) == target).float().mean()
@@ -422,7 +423,8 @@ def _per_class(correct: Tensor, label: Tensor, num_classes: int) -> list[float |
 
 
 def evaluate(
-    model: nn.Module, pos: Tensor, label: Tensor, seed: int, batch_size: int = 64, num_classes: int | None = None
+    model: nn.Module, pos: Tensor, label: Tensor, seed: int, batch_size: int = 64, num_classes: int | None = None,
+    trained_pose: str = "axis",
 ) -> dict[str, Any]:
     """Accuracy (percent) on upright clouds ``pos`` [S, N, 3] and on the same clouds SO(3)-rotated (``seed``).
 
@@ -431,8 +433,10 @@ def evaluate(
     ``up_angle_deg`` (mean angle between the canonical and the input z axis: what the axis prior
     constrains) and ``invariance_error`` (SO(3), 8 clouds, 2 trials); None otherwise. For an
     :class:`~geocanon.OctahedralChoice` or :class:`~geocanon.PoseSearch` among its canonicalizers also ``choice_ceiling``: the upright accuracy when
-    each cloud gets the candidate that brings the canonical "up" closest to the input's (an oracle
-    choice: what a perfect head could reach with these base frames).
+    each cloud gets the candidate closest to the pose the backbone was trained in — with ``trained_pose="axis"``
+    (backbones trained on clouds rotated about z) the one that brings the canonical "up" closest to the
+    input's, with ``trained_pose="identity"`` (one fixed upright pose) the one closest to the identity (an
+    oracle choice: what a perfect head could reach with these base frames).
     ``per_class`` holds the upright, SO(3) and ceiling accuracies of every class (lists of length
     ``num_classes``, default ``label.max() + 1``; None where not measured).
     """
@@ -458,7 +462,7 @@ def evaluate(
         )
         choice = _candidate_choice(model.canonicalizer)
         if choice is not None:
-            ceiling = _choice_ceiling(model.backbone, choice, pos, label, batch_size)
+            ceiling = _choice_ceiling(model.backbone, choice, pos, label, batch_size, trained_pose)
             row["choice_ceiling"] = 100.0 * ceiling.double().mean().item()
             row["per_class"]["choice_ceiling"] = _per_class(ceiling, label, classes)
     row["invariance_error"] = equivariance_error(model, pos[:8], group="SO3", output="invariant", trials=2, seed=seed)
@@ -483,13 +487,19 @@ def _forget_last_call(model: nn.Module) -> None:
 
 
 def _choice_ceiling(
-    backbone: nn.Module, choice: OctahedralChoice | PoseSearch, pos: Tensor, label: Tensor, batch_size: int
+    backbone: nn.Module, choice: OctahedralChoice | PoseSearch, pos: Tensor, label: Tensor, batch_size: int,
+    trained_pose: str = "axis",
 ) -> Tensor:
     """[S] bool: correct on upright clouds with the oracle candidate of an OctahedralChoice or PoseSearch (see :func:`evaluate`)."""
+    if trained_pose not in ("axis", "identity"):
+        raise ValueError(f"trained_pose must be 'axis' or 'identity', got {trained_pose!r}")
     with torch.no_grad():
         base = torch.cat([choice.base(pos[i : i + batch_size]).rotation for i in range(0, len(pos), batch_size)])
-        up = torch.tensor(UP, dtype=base.dtype)
-        best = (base[:, None] @ choice.candidates.to(base.dtype) @ up)[..., 2].argmax(1)  # [S]
+        frames = base[:, None] @ choice.candidates.to(base.dtype)  # [S, K, 3, 3]
+        if trained_pose == "axis":
+            best = (frames @ torch.tensor(UP, dtype=base.dtype))[..., 2].argmax(1)  # [S]
+        else:
+            best = frames.diagonal(dim1=-2, dim2=-1).sum(-1).argmax(1)  # largest trace: smallest angle to I
         frames = base @ choice.candidates.to(base.dtype)[best]
         canonical = torch.einsum("snd,sde->sne", pos, frames)  # clouds are centred: no translation (SO3)
     return _correct(backbone, canonical, label, batch_size)
@@ -621,10 +631,12 @@ def _markdown(cfg: AdaptBenchConfig, payload: dict[str, Any]) -> str:
             f"Haar-random rotation each (seed {cfg.test_seed}). Frames of the upright test clouds: within_10deg = "
             "fraction within 10° of the identity, mean_angle_deg = mean geodesic angle to it, up_angle_deg = mean "
             "angle between the canonical and the input z axis. choice_ceiling (OctahedralChoice / PoseSearch only): upright "
-            "accuracy if every cloud got the candidate rotation that best restores its z axis — the best any head "
-            "could do with these base frames. invariance_error: max relative change of the logits of "
+            "accuracy if every cloud got the candidate rotation closest to the pose the backbone was trained in ("
+            + ("the identity" if cfg.pretrain_rotation == "none" else "the one that best restores its z axis")
+            + ") — the best any head could do with these base frames. invariance_error: max relative change of the logits of "
             "8 test clouds under random SO(3) rotations (float32; ~1e-6 = exactly invariant). Priors: identity "
-            "‖R − I‖²_F = 4(1 − cos θ); axis ‖R z − z‖².\n"
+            "‖R − I‖²_F = 4(1 − cos θ); axis ‖R z − z‖²; appearance: Chamfer distance between canonical and input cloud / mean "
+            "squared radius (zero at every symmetry of the upright shape).\n"
         ),
         markdown_table(sorted(rows, key=_order), ROW_COLUMNS),
     ]
@@ -686,7 +698,8 @@ def run(
     def row(model: nn.Module, spec: dict[str, Any], **facts: Any) -> dict[str, Any]:
         return {
             "model": _name(spec), "prior": spec["prior"], "beta": spec["beta"], "finetuned": spec["finetune"],
-            **evaluate(model, data.test.pos, data.test.label, cfg.test_seed, cfg.eval_batch_size, len(data.classes)),
+            **evaluate(model, data.test.pos, data.test.label, cfg.test_seed, cfg.eval_batch_size, len(data.classes),
+                       trained_pose="identity" if cfg.pretrain_rotation == "none" else "axis"),
             "val_accuracy": _accuracy(model, val_pos, data.val.label, cfg.eval_batch_size), **facts,
         }  # fmt: skip
 

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="train and save the backbone checkpoint first if it does not exist")  # fmt: skip
     parser.add_argument("--benchmark", action="store_true",
                         help="run every adaptation of the config's runs and write its results files")  # fmt: skip
-    parser.add_argument("--prior", choices=["identity", "axis", "none"],
+    parser.add_argument("--prior", choices=["identity", "axis", "appearance", "none"],
                         help="prior of a single adaptation (default: identity for upright pretraining, axis for z)")
     parser.add_argument("--beta", type=float, default=1.0, help="weight of the prior (default 1)")
     parser.add_argument("--finetune", action="store_true", help="fine-tune backbone and canonicalizer afterwards")
