@@ -69,6 +69,8 @@ def _appearance_distance(rotation: Tensor, pos: Tensor, num_points: int) -> Tens
     [B, K, 3, 3], pos [B, N, 3] -> [B] or [B, K] (module docstring)."""
     if pos.ndim != 3 or pos.shape[0] != rotation.shape[0] or pos.shape[-1] != 3:
         raise ValueError(f"pos must be [B, N, 3] with B = {rotation.shape[0]}, got {list(pos.shape)}")
+    if not bool(torch.isfinite(pos).all()):
+        raise ValueError("pos holds NaN or Inf: the appearance prior compares real clouds")
     pos = pos - pos.mean(1, keepdim=True)
     points = torch.gather(pos, 1, farthest_point_sampling(pos, min(num_points, pos.shape[1]))[..., None].expand(-1, -1, 3))
     frames = rotation if rotation.ndim == 4 else rotation[:, None]  # [B, K, 3, 3]

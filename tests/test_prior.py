@@ -116,3 +116,7 @@ def test_appearance_choice_loss_spreads_its_target_over_symmetric_candidates():
         prior(torch.eye(3)[None])
     with pytest.raises(ValueError, match="prior kind must be"):
         CanonicalizationPrior("upright")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        prior(torch.eye(3)[None], prism.index_fill(1, torch.tensor([3]), float("nan")))
+    with pytest.raises(ValueError, match=r"pos must be \[B, N, 3\] with B = 1"):
+        prior(torch.eye(3)[None], prism[0])
