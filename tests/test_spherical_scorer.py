@@ -40,7 +40,7 @@ def test_scores_ignore_translation_padding_and_chunking(monkeypatch):
     with torch.no_grad():
         reference = scorer(pos, full, index)
         assert torch.allclose(scorer(pos + torch.tensor([3.0, -1.0, 2.0]), full, index), reference, atol=1e-4)
-        padded = torch.cat([pos, torch.full((2, 5, 3), float("nan"))], 1).nan_to_num(nan=7.0)
+        padded = torch.cat([pos, torch.full((2, 5, 3), float("nan"))], 1)  # padding may hold anything
         mask = (torch.arange(35) < 30).expand(2, 35)
         assert torch.allclose(scorer(padded, mask, index), reference, atol=1e-5)
         per_cloud = torch.stack([index.flip(0), index])  # [B, K'] indices, each cloud its own order

@@ -4,9 +4,12 @@ A cloud's moments ``c_l = mean_i φ(|p_i|) ⊗ Y_l(p_i / |p_i|)`` (e3nn's spheri
 Gaussian shells φ) rotate linearly: the moments of ``Gᵀp`` are ``D_l(Gᵀ) c_l`` with the Wigner matrices
 ``D_l`` (``Y_l(R x) = D_l(R) Y_l(x)``). So once the moments of one cloud are known, its moments in all K
 orientations of a fixed grid cost one small matrix product per orientation, with the ``D_l`` of the grid
-computed once; an MLP then scores every orientation. Compared with a PointNet run on K rotated copies of the
-cloud this is ~30 times cheaper for K = 4,608 (per orientation: ~(L+1)² · shells numbers instead of a per-point
-MLP over all points), which is what makes a dense search over orientations affordable on a CPU.
+computed once; an MLP then scores every orientation. A PointNet run on K rotated copies of the cloud costs a
+per-point MLP per orientation instead: a :class:`~geocanon.PoseSearch` over K = 4,608 rotations of 512-point
+clouds took 26 ms per cloud with this scorer against 686 ms with the PointNet one (default settings, eval, one
+CPU core of a loaded 2-core machine, session 8). Which scores better is a separate question: in one offline
+trial (PCA base frames, fixed-pose SyntheticShapes backbone) it reached 58% validation accuracy where the
+PointNet scorer reached 88%, so the benchmarks keep the PointNet scorer.
 """
 
 from __future__ import annotations
@@ -53,8 +56,9 @@ class SphericalScorer(nn.Module):
     def moments(self, pos: Tensor, mask: Tensor) -> list[Tensor]:
         """Moments of each degree l = 0..L: a list of [B, num_radial, 2l+1]."""
         weight = mask.to(pos.dtype)[..., None]  # [B, N, 1]
+        pos = torch.where(mask[..., None], pos, torch.zeros_like(pos))  # padding may hold anything (NaN too)
         count = weight.sum(1, keepdim=True).clamp_min(1.0)
-        centred = (pos - (pos * weight).sum(1, keepdim=True) / count) * weight
+        centred = (pos - pos.sum(1, keepdim=True) / count) * weight
         radius = centred.norm(dim=-1, keepdim=True)  # [B, N, 1]
         rms = ((radius**2).sum(1, keepdim=True) / count).sqrt().clamp_min(torch.finfo(pos.dtype).tiny)
         centres = torch.linspace(0.0, 2.0, self.num_radial, dtype=pos.dtype, device=pos.device)
