@@ -7,9 +7,10 @@ orientations of a fixed grid cost one small matrix product per orientation, with
 computed once; an MLP then scores every orientation. A PointNet run on K rotated copies of the cloud costs a
 per-point MLP per orientation instead: a :class:`~geocanon.PoseSearch` over K = 4,608 rotations of 512-point
 clouds took 26 ms per cloud with this scorer against 686 ms with the PointNet one (default settings, eval, one
-CPU core of a loaded 2-core machine, session 8). Which scores better is a separate question: in one offline
-trial (PCA base frames, fixed-pose SyntheticShapes backbone) it reached 58% validation accuracy where the
-PointNet scorer reached 88%, so the benchmarks keep the PointNet scorer.
+CPU core of a loaded 2-core machine, session 8). Which scores better is a separate question, not settled: in
+one offline trial on the fixed-pose SyntheticShapes backbone (PCA base frames, width 128, 16 hard candidates,
+25 epochs) it reached 58% validation accuracy, where the PointNet scorer of ``adapt_synthetic_search.yaml``
+(refined E3nn base frames, 25 epochs) reached 88%; the benchmarks keep the PointNet scorer.
 """
 
 from __future__ import annotations
