@@ -192,3 +192,21 @@ def test_cli_pretrain_adapt_finetune_then_benchmark(tmp_path: Path, capsys: pyte
     model, meta = checkpoint.load(tmp_path / "c" / "identity_beta1" / "model.pt")
     assert meta["run"] == {"prior": "identity", "beta": 1.0, "finetune": False}
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in model.backbone.state_dict().items())
+
+
+def test_verdict_reports_adaptation_and_fine_tuning_against_the_upright_accuracy() -> None:
+    from geocanon.bench.adapt import _verdict
+
+    def row(model, prior, beta, finetuned, so3, val=50.0):
+        return {"model": model, "prior": prior, "beta": beta, "finetuned": finetuned, "accuracy_so3": so3,
+                "accuracy_upright": so3, "val_accuracy": val}  # fmt: skip
+
+    rows = [row("pretrained", None, None, False, 26.4) | {"accuracy_upright": 91.1},
+            row("none", "none", 0.0, False, 36.8), row("axis", "axis", 1.0, False, 83.6, val=90.5),
+            row("axis ft", "axis", 1.0, True, 90.4)]  # fmt: skip
+    text = _verdict(rows, n_test=280)
+    assert "-7.5 points from the pretrained upright accuracy — target (within 1 point) **NOT met**" in text
+    assert "the prior adds +46.8 points (+131 test clouds)" in text
+    assert "fine-tuned, axis prior β = 1 (still on while fine-tuning): 90.4%, -0.7 points — within 1 point." in text
+    rows[-1]["accuracy_so3"] = 89.0
+    assert "-2.1 points — not within 1 point." in _verdict(rows, n_test=280)

@@ -558,6 +558,12 @@ def _verdict(rows: list[dict[str, Any]], n_test: int) -> str:
         + (", ".join(f"{r['prior']} β = {r['beta']:g}" for r in within) if within else "none")
         + "."
     )
+    for tuned in (r for r in rows if r["finetuned"] and r["prior"] != "none"):
+        gap = tuned["accuracy_so3"] - pretrained["accuracy_upright"]
+        lines.append(
+            f"* Adapted and fine-tuned, {tuned['prior']} prior β = {tuned['beta']:g} (still on while fine-tuning): "
+            f"{tuned['accuracy_so3']:.1f}%, {gap:+.1f} points — {'within' if gap >= -1.0 else 'not within'} 1 point."
+        )
     return "\n".join(lines)
 
 
