@@ -210,3 +210,13 @@ def test_verdict_reports_adaptation_and_fine_tuning_against_the_upright_accuracy
     assert "fine-tuned, axis prior β = 1 (still on while fine-tuning): 90.4%, -0.7 points — within 1 point." in text
     rows[-1]["accuracy_so3"] = 89.0
     assert "-2.1 points — not within 1 point." in _verdict(rows, n_test=280)
+
+
+def test_results_table_orders_every_prior() -> None:
+    from geocanon.bench.adapt import PRIORS, _order
+
+    rows = [{"prior": p, "finetuned": f, "beta": b} for p in reversed(PRIORS) for f in (True, False) for b in (1.0, 0.1)]
+    rows.append({"prior": None, "finetuned": False, "beta": None})
+    ordered = sorted(rows, key=_order)
+    assert ordered[0]["prior"] is None and [r["prior"] for r in ordered[1::4]] == list(PRIORS)
+    assert [(r["finetuned"], r["beta"]) for r in ordered[1:5]] == [(False, 0.1), (False, 1.0), (True, 0.1), (True, 1.0)]

@@ -658,8 +658,8 @@ def _markdown(cfg: AdaptBenchConfig, payload: dict[str, Any]) -> str:
 
 
 def _order(row: dict[str, Any]) -> tuple[int, bool, float]:
-    """Table order: pretrained, no prior, identity, axis (by β), fine-tuned after their adaptation."""
-    return ((None, "none", "identity", "axis").index(row["prior"]), row["finetuned"], row["beta"] or 0.0)
+    """Table order: pretrained, then the priors in the order of ``PRIORS`` (by β), fine-tuned after their adaptation."""
+    return ((None, *PRIORS).index(row["prior"]), row["finetuned"], row["beta"] or 0.0)
 
 
 def _name(run: dict[str, Any]) -> str:
