@@ -32,6 +32,7 @@ def _nbody_models() -> dict[str, nn.Module]:
         "gnn_layernorm": NBodyGNN(hidden=16, layers=2, layer_norm=True, position_residual=False),
         "gnn_coulomb": NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True),
         "gnn_substeps": NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True, substeps=3),
+        "gnn_approach": NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True, approach_edges=True),
         "egnn": EGNN(hidden=16, layers=2),
     }
 
@@ -267,6 +268,28 @@ def test_gnn_coulomb_edges_finite_for_coincident_particles() -> None:
     peak = 2.0 / (3.0 * 3.0**0.5 * COULOMB_SOFTENING**2)  # max of r / (r² + s²)^{3/2}
     assert edge[1, 1, 0, 6].abs().item() == pytest.approx(peak, rel=1e-4)
     assert edge[..., 6:].abs().max().item() <= peak * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("substeps, t_closest, closest2", [(1, 0.5, 0.0), (4, 0.25, 1.0)])
+def test_gnn_approach_edges_closest_approach(substeps: int, t_closest: float, closest2: float) -> None:
+    """Two particles 2 apart closing at relative speed 4 meet at t* = 0.5 of the horizon; a step window of
+    1/4 ends before, at distance 1. A third particle at rest relative to particle 2 gets t* = 0 and its
+    current distance. Also: every feature enters the first edge MLP (its input width follows edge_inputs)."""
+    model = NBodyGNN(hidden=8, layers=1, relative_positions=True, coulomb_edges=True, approach_edges=True, substeps=substeps)
+    assert model.edge_inputs == 2 + 3 + 1 + 3 + 4 + 3 + 1
+    assert model.edge_mlps[0][0].in_features == 2 * 8 + model.edge_inputs
+    pos = torch.tensor([[[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [-1.0, 3.0, 0.0]]], dtype=torch.float64)
+    vel = torch.tensor([[[-2.0, 0.0, 0.0], [2.0, 0.0, 0.0], [2.0, 0.0, 0.0]]], dtype=torch.float64)
+    charge = torch.tensor([[[1.0], [-1.0], [1.0]]], dtype=torch.float64)
+    diff = pos[:, :, None] - pos[:, None, :]
+    qq = (charge * charge.transpose(1, 2))[..., None]
+    radial, dvel2, t, d2, dvel, coulomb = model._approach_features(diff, vel, qq)
+    assert radial[0, 0, 1, 0].item() == -8.0 and dvel2[0, 0, 1, 0].item() == 16.0
+    assert t[0, 0, 1, 0].item() == pytest.approx(t_closest) and d2[0, 0, 1, 0].item() == pytest.approx(closest2)
+    assert t[0, 1, 0, 0].item() == pytest.approx(t_closest)  # symmetric in the pair
+    assert t[0, 1, 2, 0].item() == 0.0 and d2[0, 1, 2, 0].item() == pytest.approx(9.0)
+    assert dvel[0, 0, 1].tolist() == [-4.0, 0.0, 0.0]
+    assert coulomb[0, 0, 1, 0].item() == pytest.approx(-1.0 / (closest2 + COULOMB_SOFTENING**2))
 
 
 @pytest.mark.parametrize("node_charges", [False, True])

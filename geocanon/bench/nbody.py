@@ -77,6 +77,7 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     relative_positions: bool = True
     coulomb_edges: bool = False
     node_charges: bool = True
+    approach_edges: bool = False  # constant-velocity closest-approach features on the edges (see NBodyGNN)
     substeps: int = 1  # NBodyGNN applied as a K-step learned integrator (see NBodyGNN)
     # every model sees velocities relative to the centre of mass and is exact under Galilean boosts (see Comoving)
     comoving: bool = False
@@ -122,7 +123,7 @@ def _method_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
                                              "velocity_residual": cfg.velocity_residual,
                                              "relative_positions": cfg.relative_positions,
                                              "coulomb_edges": cfg.coulomb_edges, "node_charges": cfg.node_charges,
-                                             "substeps": cfg.substeps}}
+                                             "substeps": cfg.substeps, "approach_edges": cfg.approach_edges}}
     if method in ("plain", "augment"):
         return gnn
     if method == "egnn":

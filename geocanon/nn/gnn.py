@@ -138,6 +138,12 @@ class NBodyGNN(nn.Module):
         node_charges: give every node its own charge. Without, charges enter only through the products
             ``q_i q_j`` on the edges, so the model is invariant to flipping the sign of all charges, as
             the dynamics are (the forces depend on the charges only through ``q_i q_j``).
+        approach_edges: add the pair's constant-velocity encounter to the edge inputs: the radial velocity
+            ``(x_i - x_j)·(v_i - v_j)``, ``|v_i - v_j|^2``, the time of closest approach ``t*`` (clamped to the
+            step's window [0, 1/K] of the horizon) and the squared distance then, ``|x_i - x_j + t* (v_i - v_j)|^2``;
+            with ``relative_positions`` also ``v_i - v_j`` (frame-dependent), with ``coulomb_edges`` also the
+            softened ``q_i q_j / (d*^2 + s^2)`` at closest approach. Close encounters within the horizon carry
+            most of the error (see the N-body results' ``worst5_share``); these features say which pairs meet.
         substeps: apply the network K times with shared weights, as a learned integrator: each step
             predicts the particles' mean velocity over 1/K of the horizon, ``v' = α · v + decoder(h)``
             (``v' = decoder(h)`` without the velocity residual), and moves them by ``v' / K``; the next
@@ -157,6 +163,7 @@ class NBodyGNN(nn.Module):
         coulomb_edges: bool = False,
         node_charges: bool = True,
         substeps: int = 1,
+        approach_edges: bool = False,
     ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1:
@@ -170,6 +177,7 @@ class NBodyGNN(nn.Module):
         self.relative_positions = relative_positions
         self.coulomb_edges = coulomb_edges
         self.node_charges = node_charges
+        self.approach_edges = approach_edges
         self.velocity_step = nn.Parameter(torch.ones(())) if velocity_residual else None
         self.encoder = mlp([7 + node_charges, hidden, hidden], activation, final_activation=True)
         self.edge_mlps = nn.ModuleList(
@@ -186,7 +194,8 @@ class NBodyGNN(nn.Module):
     @property
     def edge_inputs(self) -> int:
         """Number of edge input features (see the class docstring)."""
-        return 2 + 3 * self.relative_positions + self.coulomb_edges * (1 + 3 * self.relative_positions)
+        base = 2 + 3 * self.relative_positions + self.coulomb_edges * (1 + 3 * self.relative_positions)
+        return base + self.approach_edges * (4 + 3 * self.relative_positions + self.coulomb_edges)
 
     def forward(self, pos: Tensor, vel: Tensor, charge: Tensor, mask: Tensor | None = None) -> Tensor:
         """Predict target positions.
@@ -229,6 +238,8 @@ class NBodyGNN(nn.Module):
             edge_parts.append(qq / softened)
             if self.relative_positions:
                 edge_parts.append(qq * diff / softened**1.5)
+        if self.approach_edges:
+            edge_parts.extend(self._approach_features(diff, vel, qq))
         edge = torch.cat(edge_parts, -1)  # [B, N, N, edge_inputs]
         for edge_mlp, node_mlp, norm in zip(self.edge_mlps, self.node_mlps, self.norms):
             h_i = h[:, :, None].expand(-1, -1, n, -1)
@@ -239,3 +250,19 @@ class NBodyGNN(nn.Module):
         if self.velocity_step is not None:
             out = out + self.velocity_step * vel
         return out
+
+    def _approach_features(self, diff: Tensor, vel: Tensor, qq: Tensor) -> list[Tensor]:
+        """Constant-velocity encounter of every pair within this step's window (see ``approach_edges``):
+        ``diff`` [B, N, N, 3] = x_i - x_j, ``vel`` [B, N, 3], ``qq`` [B, N, N, 1] -> list of [B, N, N, c]."""
+        dvel = vel[:, :, None] - vel[:, None, :]  # [B, N, N, 3]
+        radial = (diff * dvel).sum(-1, keepdim=True)
+        dvel2 = (dvel**2).sum(-1, keepdim=True)
+        # t* = -r·Δv / |Δv|²; a pair at rest relative to each other (Δv = 0, so r·Δv = 0) gets t* = 0
+        t_closest = (-radial / dvel2.clamp_min(1e-12)).clamp(0.0, 1.0 / self.substeps)
+        closest2 = ((diff + t_closest * dvel) ** 2).sum(-1, keepdim=True)
+        parts = [radial, dvel2, t_closest, closest2]
+        if self.relative_positions:
+            parts.append(dvel)
+        if self.coulomb_edges:
+            parts.append(qq / (closest2 + COULOMB_SOFTENING**2))
+        return parts
