@@ -33,6 +33,7 @@ def _nbody_models() -> dict[str, nn.Module]:
         "gnn_coulomb": NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True),
         "gnn_substeps": NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True, substeps=3),
         "gnn_approach": NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True, approach_edges=True),
+        "gnn_pair_vector": NBodyGNN(hidden=16, layers=2, relative_positions=True, approach_edges=True, pair_vector_output=True),
         "egnn": EGNN(hidden=16, layers=2),
     }
 
@@ -290,6 +291,24 @@ def test_gnn_approach_edges_closest_approach(substeps: int, t_closest: float, cl
     assert t[0, 1, 2, 0].item() == 0.0 and d2[0, 1, 2, 0].item() == pytest.approx(9.0)
     assert dvel[0, 0, 1].tolist() == [-4.0, 0.0, 0.0]
     assert coulomb[0, 0, 1, 0].item() == pytest.approx(-1.0 / (closest2 + COULOMB_SOFTENING**2))
+
+
+def test_gnn_pair_vector_output_lies_in_the_pair_plane() -> None:
+    """With the node decoder silenced, a two-particle system moves only in the plane of its separation and
+    relative velocity (and the head does move it); without the head it does not move at all."""
+    torch.manual_seed(0)
+    model = NBodyGNN(hidden=16, layers=2, relative_positions=True, pair_vector_output=True).double().eval()
+    with torch.no_grad():
+        model.decoder[-1].weight.zero_()
+        model.decoder[-1].bias.zero_()
+        pos, vel, charge = _nbody_inputs(4, 2, torch.float64)
+        move = model(pos, vel, charge) - pos  # [4, 2, 3]
+        normal = torch.cross(pos[:, 0] - pos[:, 1], vel[:, 0] - vel[:, 1], dim=-1)[:, None]  # [4, 1, 3]
+        assert (move * normal).sum(-1).abs().max() < 1e-12 * normal.norm(dim=-1).max()
+        assert move.norm(dim=-1).min() > 1e-4
+        model.pair_head.weight.zero_()
+        model.pair_head.bias.zero_()
+        assert (model(pos, vel, charge) - pos).abs().max() == 0.0
 
 
 @pytest.mark.parametrize("node_charges", [False, True])

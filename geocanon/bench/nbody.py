@@ -78,6 +78,7 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     coulomb_edges: bool = False
     node_charges: bool = True
     approach_edges: bool = False  # constant-velocity closest-approach features on the edges (see NBodyGNN)
+    pair_vector_output: bool = False  # output += sum_j a_ij (x_i - x_j) + b_ij (v_i - v_j) (see NBodyGNN)
     substeps: int = 1  # NBodyGNN applied as a K-step learned integrator (see NBodyGNN)
     # every model sees velocities relative to the centre of mass and is exact under Galilean boosts (see Comoving)
     comoving: bool = False
@@ -123,7 +124,8 @@ def _method_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
                                              "velocity_residual": cfg.velocity_residual,
                                              "relative_positions": cfg.relative_positions,
                                              "coulomb_edges": cfg.coulomb_edges, "node_charges": cfg.node_charges,
-                                             "substeps": cfg.substeps, "approach_edges": cfg.approach_edges}}
+                                             "substeps": cfg.substeps, "approach_edges": cfg.approach_edges,
+                                             "pair_vector_output": cfg.pair_vector_output}}
     if method in ("plain", "augment"):
         return gnn
     if method == "egnn":

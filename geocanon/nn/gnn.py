@@ -144,6 +144,11 @@ class NBodyGNN(nn.Module):
             with ``relative_positions`` also ``v_i - v_j`` (frame-dependent), with ``coulomb_edges`` also the
             softened ``q_i q_j / (d*^2 + s^2)`` at closest approach. Close encounters within the horizon carry
             most of the error (see the N-body results' ``worst5_share``); these features say which pairs meet.
+        pair_vector_output: add to the output the sum over the other particles j of ``a_ij (x_i - x_j) +
+            b_ij (v_i - v_j)``, with scalars a_ij, b_ij read off the last layer's messages by a linear head: the
+            shape of the two-body problem's answer (a pair moves in the plane of its separation and relative
+            velocity). The coefficients still come from the canonical, frame-dependent inputs, so the network
+            stays non-equivariant on its own.
         substeps: apply the network K times with shared weights, as a learned integrator: each step
             predicts the particles' mean velocity over 1/K of the horizon, ``v' = α · v + decoder(h)``
             (``v' = decoder(h)`` without the velocity residual), and moves them by ``v' / K``; the next
@@ -164,6 +169,7 @@ class NBodyGNN(nn.Module):
         node_charges: bool = True,
         substeps: int = 1,
         approach_edges: bool = False,
+        pair_vector_output: bool = False,
     ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1:
@@ -190,6 +196,7 @@ class NBodyGNN(nn.Module):
             [nn.LayerNorm(hidden) if layer_norm else nn.Identity() for _ in range(layers)]
         )
         self.decoder = mlp([hidden, hidden, 3], activation, final_activation=False)
+        self.pair_head = nn.Linear(hidden, 2) if pair_vector_output else None
 
     @property
     def edge_inputs(self) -> int:
@@ -247,6 +254,10 @@ class NBodyGNN(nn.Module):
             msg = edge_mlp(torch.cat([h_i, h_j, edge], -1)).masked_fill(~pairs, 0.0)
             h = norm(h + node_mlp(torch.cat([h, msg.sum(2)], -1)))
         out = self.decoder(h)
+        if self.pair_head is not None:
+            coef = self.pair_head(msg).masked_fill(~pairs, 0.0)  # [B, N, N, 2]; msg: the last layer's messages
+            dvel = vel[:, :, None] - vel[:, None, :]
+            out = out + (coef[..., :1] * diff + coef[..., 1:] * dvel).sum(2)
         if self.velocity_step is not None:
             out = out + self.velocity_step * vel
         return out
