@@ -350,6 +350,32 @@ def test_harness_keeps_the_latest_epoch_for_resume(tmp_path: Path) -> None:
     assert again == result and torch.equal(model.weight, best["state_dict"]["model.weight"])
 
 
+def test_harness_ema_weights_are_validated_saved_and_returned(tmp_path: Path) -> None:
+    """With ema_decay the returned model is the moving average of the weights, not the last iterate: with a slow
+    average it stays near the start of the descent while plain training reaches the optimum (w = 3)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from geocanon.bench.harness import TrainConfig, fit
+
+    def objective(model: torch.nn.Module, batch: list[torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+        return {"loss": ((model(batch[0]) - batch[1]) ** 2).mean()}
+
+    x = torch.randn(64, 1)
+    data = DataLoader(TensorDataset(x, 3 * x), batch_size=8)
+    weights = {}
+    for ema in (None, 0.99):
+        model = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(model.weight)
+        config = TrainConfig(max_epochs=10, lr=0.1, scheduler="none", ema_decay=ema, progress=False)
+        result = fit(model, objective, data, data, config, tmp_path / str(ema))
+        best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
+        assert torch.equal(model.weight, best["state_dict"]["model.weight"])
+        weights[ema] = model.weight.item()
+    assert abs(weights[None] - 3.0) < 0.1 and 0.0 < weights[0.99] < 2.0
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit(torch.nn.Linear(1, 1), objective, data, data, TrainConfig(ema_decay=1.0, progress=False), tmp_path / "bad")
+
+
 def test_harness_stops_at_its_time_cap(tmp_path: Path) -> None:
     """max_time_s stops training before max_epochs; the best epoch so far is still loaded and reported."""
     from torch.utils.data import DataLoader, TensorDataset

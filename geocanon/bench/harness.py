@@ -20,7 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -53,6 +53,9 @@ class TrainConfig:
     check_val_every_n_epoch: int = 1
     gradient_clip_val: float | None = None
     max_time_s: float | None = None  # wall-clock cap on training (Lightning ``max_time``); None: epochs only
+    # exponential moving average of the weights (Lightning's EMAWeightAveraging), updated every step; validation,
+    # checkpoints and the returned model use the averaged weights. None: off
+    ema_decay: float | None = None
     seed: int = 0
     accelerator: str = "cpu"
     devices: int | str = 1
@@ -155,6 +158,10 @@ def fit(
         dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
     callbacks: list[L.Callback] = [best, latest]
+    if config.ema_decay is not None:
+        if not 0.0 < config.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {config.ema_decay}")
+        callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
     if config.patience is not None:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=config.patience))
     if config.progress:

@@ -93,6 +93,7 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     weight_decay: float = 1e-12
     input_noise: float = 0.0  # std of training noise on input positions and velocities (see NBodyObjective)
     scheduler: str = "cosine"
+    ema_decay: float | None = None  # exponential moving average of the weights (see TrainConfig)
     patience: int | None = None
     check_val_every_n_epoch: int = 10
     # outputs
