@@ -294,14 +294,19 @@ def test_gnn_approach_edges_closest_approach(substeps: int, t_closest: float, cl
 
 
 def test_gnn_pair_vector_output_lies_in_the_pair_plane() -> None:
-    """With the node decoder silenced, a two-particle system moves only in the plane of its separation and
-    relative velocity (and the head does move it); without the head it does not move at all."""
+    """The head starts at zero (the model is the one without it); with the node decoder silenced, a two-particle
+    system moves only in the plane of its separation and relative velocity (and the head does move it); with the
+    head zeroed again it does not move at all."""
     torch.manual_seed(0)
     model = NBodyGNN(hidden=16, layers=2, relative_positions=True, pair_vector_output=True).double().eval()
+    pos, vel, charge = _nbody_inputs(4, 2, torch.float64)
+    reference = NBodyGNN(hidden=16, layers=2, relative_positions=True).double().eval()
+    reference.load_state_dict(model.state_dict(), strict=False)
     with torch.no_grad():
+        assert torch.equal(model(pos, vel, charge), reference(pos, vel, charge))  # the head starts at zero
+        torch.nn.init.normal_(model.pair_head.weight)
         model.decoder[-1].weight.zero_()
         model.decoder[-1].bias.zero_()
-        pos, vel, charge = _nbody_inputs(4, 2, torch.float64)
         move = model(pos, vel, charge) - pos  # [4, 2, 3]
         normal = torch.cross(pos[:, 0] - pos[:, 1], vel[:, 0] - vel[:, 1], dim=-1)[:, None]  # [4, 1, 3]
         assert (move * normal).sum(-1).abs().max() < 1e-12 * normal.norm(dim=-1).max()

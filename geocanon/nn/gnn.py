@@ -148,7 +148,7 @@ class NBodyGNN(nn.Module):
             b_ij (v_i - v_j)``, with scalars a_ij, b_ij read off the last layer's messages by a linear head: the
             shape of the two-body problem's answer (a pair moves in the plane of its separation and relative
             velocity). The coefficients still come from the canonical, frame-dependent inputs, so the network
-            stays non-equivariant on its own.
+            stays non-equivariant on its own. The head is initialised to zero.
         substeps: apply the network K times with shared weights, as a learned integrator: each step
             predicts the particles' mean velocity over 1/K of the horizon, ``v' = α · v + decoder(h)``
             (``v' = decoder(h)`` without the velocity residual), and moves them by ``v' / K``; the next
@@ -197,6 +197,9 @@ class NBodyGNN(nn.Module):
         )
         self.decoder = mlp([hidden, hidden, 3], activation, final_activation=False)
         self.pair_head = nn.Linear(hidden, 2) if pair_vector_output else None
+        if self.pair_head is not None:  # starts silent: the model begins as the one without the head
+            nn.init.zeros_(self.pair_head.weight)
+            nn.init.zeros_(self.pair_head.bias)
 
     @property
     def edge_inputs(self) -> int:
