@@ -28,7 +28,7 @@ from .frames import (
     random_translation,
 )
 from .prior import CanonicalizationPrior, axis_prior, fraction_within, identity_prior, mean_angle_to_identity
-from .wrap import Canonicalized, Comoving, FrameAveraged
+from .wrap import Canonicalized, Comoving, Ensemble, FrameAveraged
 
 __version__ = "0.1.0"
 
@@ -40,6 +40,7 @@ __all__ = [
     "Canonicalizer",
     "DegenerateFrameError",
     "E3nnCanonicalizer",
+    "Ensemble",
     "Frame",
     "FrameAveraged",
     "IdentityCanonicalizer",

@@ -45,7 +45,7 @@ REGISTRY: dict[str, str] = {
 }
 
 # composite models whose config holds nested specs
-_COMPOSITES = {"canonicalized", "comoving", "frame_averaged", "octahedral_choice", "pose_search", "regressed_orientation"}
+_COMPOSITES = {"canonicalized", "comoving", "ensemble", "frame_averaged", "octahedral_choice", "pose_search", "regressed_orientation"}
 
 
 def _resolve(name: str) -> type[nn.Module]:
@@ -80,6 +80,10 @@ def build(spec: dict[str, Any]) -> nn.Module:
         from .wrap import Comoving
 
         module = Comoving(build(config.pop("model")), **config)
+    elif name == "ensemble":
+        from .wrap import Ensemble
+
+        module = Ensemble([build(member) for member in config.pop("members")], **config)
     elif name == "frame_averaged":
         from .wrap import FrameAveraged
 

@@ -1,4 +1,5 @@
-"""Wrapping any backbone: ``Canonicalized`` (one learned/PCA frame) and ``FrameAveraged`` (all PCA frames).
+"""Wrapping any backbone: ``Canonicalized`` (one learned/PCA frame) and ``FrameAveraged`` (all PCA frames);
+``Comoving`` (Galilean boosts) and ``Ensemble`` (the mean of several models) wrap whole models.
 
 The backbone sees canonical coordinates and is called as ``backbone(pos, **vectors, **scalars)``,
 plus ``batch=`` / ``mask=`` when the caller passed them. Its output is mapped back by type:
@@ -27,7 +28,7 @@ from .validation import check_dense_batch
 TRAIN_FRAMES = ("all", "sampled")
 
 __all__ = [
-    "TRAIN_FRAMES", "Canonicalized", "Comoving", "FrameAveraged", "OutputType", "check_train_frames", "map_back",
+    "TRAIN_FRAMES", "Canonicalized", "Comoving", "Ensemble", "FrameAveraged", "OutputType", "check_train_frames", "map_back",
 ]  # fmt: skip
 
 
@@ -282,3 +283,29 @@ class Comoving(nn.Module):
         out = self.model(pos, **features, **extra)
         shift = centre * self.horizon if self.output == "position" else centre
         return torch.where(real, out + shift, out)
+
+
+class Ensemble(nn.Module):
+    """The mean output of several models called alike (a deep ensemble, e.g. the seeds of one configuration).
+
+    The mean of E(3)-equivariant (or invariant) models is equivariant (invariant) in the same way, for every
+    output type of :class:`Canonicalized` (the group acts linearly, or affinely with weights summing to one),
+    so an ensemble of canonicalized or frame-averaged models stays exact.
+
+    Args:
+        members: at least one module; each is called with the ensemble's arguments and all must return the
+            same shape.
+
+    Shapes: those of the members' inputs and output.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(members) == 0:
+            raise ValueError("an Ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor:
+        """Mean over the members of ``member(*args, **kwargs)``."""
+        return torch.stack([member(*args, **kwargs) for member in self.members]).mean(0)
+

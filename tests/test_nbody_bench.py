@@ -83,6 +83,25 @@ def test_model_specs_build_for_every_method(comoving, tmp_path):
             assert torch.equal(checkpoint.load(tmp_path / "m.pt")[0](pos, vel=vel, charge=charge), out)
 
 
+def test_seed_ensemble_row(tmp_path):
+    """``ensemble: true`` adds the mean of each method's seed models as one more, exactly equivariant model whose
+    test MSE cannot exceed its members' mean (convexity of the squared error)."""
+    cfg = NBodyBenchConfig(
+        methods=["frame-averaging"], seeds=[0, 1], ensemble=True, data_root=str(tmp_path / "data"), max_epochs=1,
+        check_val_every_n_epoch=1, hidden=16, layers=2, batch_size=20, run_dir=str(tmp_path / "runs"),
+        results=str(tmp_path / "results" / "nbody"), checkpoint=str(tmp_path / "best.pt"), progress=False, **TINY,
+    )
+    payload = run(cfg)
+    members = [r for r in payload["runs"] if r["method"] == "frame-averaging"]
+    (ensemble,) = [r for r in payload["runs"] if r["method"] == "frame-averaging-ensemble"]
+    assert payload["complete"] and ensemble["seed"] == [0, 1]
+    assert ensemble["test_mse"] <= sum(r["test_mse"] for r in members) / 2 + 1e-12
+    assert ensemble["test_mse"] != members[0]["test_mse"]  # the members differ: it is not one of them
+    assert ensemble["parameters"] == 2 * members[0]["parameters"] and ensemble["equivariance_error"] < 1e-5
+    assert [s["method"] for s in payload["summary"]] == ["frame-averaging", "frame-averaging-ensemble"]
+    assert "`<m>-ensemble` is the mean" in (tmp_path / "results" / "nbody.md").read_text()
+
+
 def test_worst_share_of_the_error():
     from geocanon.bench.nbody import worst_share
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from geocanon import Canonicalized, Comoving, E3nnCanonicalizer, FrameAveraged, IdentityCanonicalizer, PCACanonicalizer
+from geocanon import Canonicalized, Comoving, E3nnCanonicalizer, Ensemble, FrameAveraged, IdentityCanonicalizer, PCACanonicalizer
 from geocanon.canonicalizers.frame_averaging import pca_frames, smooth_step, weighted_pca_frames
 from geocanon.testing import assert_equivariant, equivariance_error
 
@@ -333,3 +333,43 @@ def test_comoving_rejects_bad_settings_and_input():
         model(torch.randn(3, 4, 3), vel=vel, mask=mask)
     with pytest.raises(ValueError, match=r"vel contains NaN or Inf in cloud\(s\) \[2\]"):
         model(torch.randn(6, 3), vel=torch.tensor([[0.0] * 3] * 5 + [[float("inf")] * 3]), batch=torch.tensor([0, 0, 1, 1, 2, 2]))
+
+
+def test_ensemble_of_equivariant_models_is_exact_on_dense_and_flat_batches(dtype):
+    """The mean of canonicalized and frame-averaged models is E(3)-equivariant; mixing in a bare backbone is not."""
+    pos, vel = torch.randn(3, 6, 3), torch.randn(3, 6, 3)
+    charge = torch.randint(0, 2, (3, 6, 1)).to(pos.dtype) * 2 - 1
+    features = dict(vectors={"vel": vel}, scalars={"charge": charge})
+    canon = _learned("E3", num_scalar_features=1, num_vector_features=1)
+    members = [
+        Canonicalized(PointMLP(per_point=True, vel=True, charge=True), canon, "position", ["vel"], ["charge"]),
+        Comoving(Canonicalized(PointMLP(per_point=True, vel=True, charge=True), PCACanonicalizer("E3"), "position", ["vel"], ["charge"]), 1.0),
+        FrameAveraged(PointMLP(per_point=True, vel=True, charge=True), "E3", "position", ["vel"], ["charge"]),
+    ]
+    model = Ensemble(members).eval()
+    assert equivariance_error(model, pos, "E3", "position", **features) < tolerance(dtype)
+    expected = sum(member(pos, vel=vel, charge=charge) for member in members) / 3
+    torch.testing.assert_close(model(pos, vel=vel, charge=charge), expected)
+    batch = torch.arange(3).repeat_interleave(6)  # FrameAveraged is dense-only: the flat check uses the others
+    flat = dict(vectors={"vel": vel.flatten(0, 1)}, scalars={"charge": charge.flatten(0, 1)})
+    model = Ensemble(members[:2]).eval()
+    assert equivariance_error(model, pos.flatten(0, 1), "E3", "position", batch=batch, **flat) < tolerance(dtype)
+    mixed = Ensemble([members[0], PointMLP(per_point=True, vel=True, charge=True)]).eval()
+    assert equivariance_error(mixed, pos, "E3", "position", **features) > 1e-2  # the check can fail
+    with pytest.raises(ValueError, match="at least one member"):
+        Ensemble([])
+
+
+def test_ensemble_checkpoint_round_trip(tmp_path):
+    from geocanon import checkpoint
+
+    member = {"name": "frame_averaged", "config": {"backbone": {"name": "nbody_gnn", "config": {"hidden": 8, "layers": 1}},
+                                                    "group": "E3", "output": "position", "vector_features": ["vel"],
+                                                    "scalar_features": ["charge"]}}  # fmt: skip
+    model = checkpoint.build({"name": "ensemble", "config": {"members": [member, member]}}).eval()
+    assert isinstance(model, Ensemble) and len(model.members) == 2
+    checkpoint.save(tmp_path / "ens.pt", model)
+    loaded, _ = checkpoint.load(tmp_path / "ens.pt")
+    pos, vel, charge = torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.ones(2, 5, 1)
+    torch.testing.assert_close(loaded.eval()(pos, vel=vel, charge=charge), model(pos, vel=vel, charge=charge))
+

@@ -32,7 +32,7 @@ from .. import checkpoint
 from ..data.nbody import NBodyConfig, NBodyDataset, load_nbody
 from ..frames import random_group_element
 from ..testing import equivariance_error, transform_inputs
-from ..wrap import check_train_frames
+from ..wrap import Ensemble, check_train_frames
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
 from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
@@ -94,6 +94,8 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     input_noise: float = 0.0  # std of training noise on input positions and velocities (see NBodyObjective)
     scheduler: str = "cosine"
     ema_decay: float | None = None  # exponential moving average of the weights (see TrainConfig)
+    # also report each method's seed models averaged (an Ensemble) as the method "<method>-ensemble"
+    ensemble: bool = False
     patience: int | None = None
     check_val_every_n_epoch: int = 10
     # outputs
@@ -237,6 +239,17 @@ def _train_one(method: str, seed: int, cfg: NBodyBenchConfig, data: dict[str, NB
     return model, row
 
 
+def _ensemble_row(method: str, models: list[nn.Module], rows: list[dict[str, Any]], data: dict[str, NBodyDataset]) -> dict[str, Any]:
+    """The row of the mean of ``models`` (one method's seed models, whose rows are ``rows``): validation and test
+    measured on the ensemble itself; parameters and training time are the members' sums."""
+    ensemble = Ensemble(models)
+    row = {"method": f"{method}-ensemble", "seed": [r["seed"] for r in rows], "best_val_mse": test_mse(ensemble, data["valid"]),
+           "best_epoch": None, "epochs_run": rows[0]["epochs_run"], "train_time_s": sum(r["train_time_s"] for r in rows),
+           "parameters": count_parameters(ensemble)}  # fmt: skip
+    row.update(measure(ensemble, data["test"]))
+    return row
+
+
 def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
     summary = []
     for method in methods:
@@ -264,11 +277,15 @@ def _markdown(cfg: NBodyBenchConfig, summary: list[dict[str, Any]], complete: bo
     cols = ["method", "seeds", "test_mse_mean", "test_mse_std", "worst5_share_mean", "equivariance_error_max", "parameters",
             "train_time_s_mean", "inference_ms_per_100", "epochs"]
     published = "\n".join(f"| {k} | {v} |" for k, v in PUBLISHED.items())
+    ensemble_note = ""
+    if any(row["method"].endswith("-ensemble") for row in summary):
+        ensemble_note = (" A method `<m>-ensemble` is the mean of m's seed models, measured as one model (its parameters "
+                         "and training time: the members' sums).")
     return (
         f"# N-body (5 charged particles, frame 30 → 40): `{cfg.label}` configuration — {status}\n\n"
         f"Data: {cfg.source} ({cfg.n_train}/{cfg.n_valid}/{cfg.n_test} systems). Test MSE at the best-validation "
         f"epoch; worst5_share = share of the test squared error carried by the worst 5% of the systems; equivariance "
-        f"error = max over runs of ‖f(g·x) − g·f(x)‖/‖g·f(x)‖ over random E(3) elements (float32).\n\n"
+        f"error = max over runs of ‖f(g·x) − g·f(x)‖/‖g·f(x)‖ over random E(3) elements (float32).{ensemble_note}\n\n"
         + markdown_table(summary, cols)
         + "\n\nPublished test MSE on the same protocol (for comparison):\n\n| model | MSE |\n|---|---|\n" + published + "\n"
     )
@@ -281,16 +298,24 @@ def run(cfg: NBodyBenchConfig, resume: bool = False) -> dict[str, Any]:
     data = _datasets(cfg)
     rows: list[dict[str, Any]] = []
     best: float | None = None
-    total = len(cfg.methods) * len(cfg.seeds)
+    ensembles = cfg.ensemble and len(cfg.seeds) > 1
+    total = len(cfg.methods) * (len(cfg.seeds) + ensembles)
+    models: dict[str, list[nn.Module]] = {method: [] for method in cfg.methods}
     for seed in cfg.seeds:  # seed-major: every method's first seed is done before any second seed
         for method in cfg.methods:
             model, row = _train_one(method, seed, cfg, data, resume)
             rows.append(row)
+            if ensembles:
+                models[method].append(model)
             if method in SAVED_METHODS and (best is None or row["best_val_mse"] < best):
                 best = row["best_val_mse"]  # saved as it improves, so an interrupted run still has its checkpoint
                 checkpoint.save(cfg.checkpoint, model, meta={"benchmark": "nbody", "row": row, "config": asdict(cfg)})
             payload = _payload(cfg, rows, best, time.perf_counter() - start, complete=len(rows) == total)
             write_results(cfg.results, payload, _markdown(cfg, payload["summary"], payload["complete"]))
+    for method in cfg.methods if ensembles else []:
+        rows.append(_ensemble_row(method, models[method], [r for r in rows if r["method"] == method], data))
+        payload = _payload(cfg, rows, best, time.perf_counter() - start, complete=len(rows) == total)
+        write_results(cfg.results, payload, _markdown(cfg, payload["summary"], payload["complete"]))
     return payload
 
 
@@ -300,7 +325,7 @@ def _payload(cfg: NBodyBenchConfig, rows: list[dict[str, Any]], best: Any, wall:
         "complete": complete,
         "checkpoint": cfg.checkpoint if best is not None else None,
         "config": asdict(cfg),
-        "summary": _summarise(rows, cfg.methods),
+        "summary": _summarise(rows, cfg.methods + [f"{m}-ensemble" for m in cfg.methods]),
         "runs": rows,
         "published": PUBLISHED,
         "provenance": provenance(wall, cfg.seeds),
