@@ -111,6 +111,29 @@ def test_worst_share_of_the_error():
     assert worst_share(torch.tensor([3.0, 1.0]), fraction=0.05) == pytest.approx(0.75)  # at least one system
 
 
+def test_encounter_distance_and_breakdown():
+    """System 0: opposite charges 2 apart pass each other at closest distance 0.3 (t* = 0.5); a like-charged pair
+    would come closer but does not count. System 1: opposite charges that separate (t* = 0, distance 1). System 2:
+    like charges only."""
+    from geocanon.bench.nbody import encounter_breakdown, encounter_distance
+    from geocanon.data.nbody import NBodyDataset
+
+    pos = torch.tensor([[[1.0, 0.3, 0.0], [-1.0, 0.0, 0.0], [5.0, 0.0, 0.0], [5.0, 0.1, 0.0]],
+                        [[0.5, 0.0, 0.0], [-0.5, 0.0, 0.0], [9.0, 0.0, 0.0], [-9.0, 0.0, 0.0]],
+                        [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [3.0, 0.0, 0.0]]])  # fmt: skip
+    vel = torch.zeros(3, 4, 3)
+    vel[0, 0, 0], vel[0, 1, 0] = -2.0, 2.0
+    vel[1, 0, 0], vel[1, 1, 0] = 1.0, -1.0
+    charge = torch.tensor([[1.0, -1.0, 1.0, 1.0], [1.0, -1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])[..., None]
+    data = NBodyDataset(pos, vel, charge, pos)
+    distance = encounter_distance(data, horizon=1.0)
+    assert distance[0].item() == pytest.approx(0.3) and distance[1].item() == pytest.approx(1.0)
+    assert distance[2].item() == float("inf")
+    assert encounter_distance(data, horizon=0.25)[0].item() == pytest.approx((1.0 + 0.09) ** 0.5)  # not met yet
+    breakdown = encounter_breakdown(torch.tensor([6.0, 1.0, 3.0]), distance)
+    assert breakdown == pytest.approx({"encounter_fraction": 1 / 3, "encounter_share": 0.6, "mse_without_encounters": 2.0})
+
+
 def test_input_noise_perturbs_training_inputs_only():
     from geocanon.bench.nbody import NBodyObjective
 

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from .. import checkpoint
 from ..data.nbody import NBodyConfig, NBodyDataset, load_nbody
 from ..frames import random_group_element
+from ..nn.gnn import closest_approach
 from ..testing import equivariance_error, transform_inputs
 from ..wrap import Ensemble, check_train_frames
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
@@ -212,6 +213,28 @@ def worst_share(errors: Tensor, fraction: float = 0.05) -> float:
     return (worst.sum() / errors.double().sum()).item()
 
 
+#: a system "meets" when two opposite charges come closer than this at constant velocity within the horizon
+ENCOUNTER_DISTANCE = 0.4
+
+
+def encounter_distance(data: NBodyDataset, horizon: float) -> Tensor:
+    """[S] smallest constant-velocity closest approach (see :func:`~geocanon.nn.gnn.closest_approach`) of an
+    attractive (opposite-charge) pair of each system within ``horizon``; inf for systems without one."""
+    diff = data.pos[:, :, None] - data.pos[:, None, :]
+    _, d2 = closest_approach(diff, data.vel[:, :, None] - data.vel[:, None, :], horizon)
+    attractive = (data.charge * data.charge.transpose(1, 2)) < 0  # [S, N, N]; never i = j
+    return d2[..., 0].masked_fill(~attractive, math.inf).flatten(1).amin(1).sqrt()
+
+
+def encounter_breakdown(errors: Tensor, distance: Tensor) -> dict[str, float]:
+    """Where the error is: the fraction of systems with an encounter (``distance`` < :data:`ENCOUNTER_DISTANCE`), the
+    share of the squared error they carry, and the MSE of the other systems (``errors``, ``distance``: [S])."""
+    meets = distance < ENCOUNTER_DISTANCE
+    errors = errors.double()
+    return {"encounter_fraction": meets.double().mean().item(), "encounter_share": (errors[meets].sum() / errors.sum()).item(),
+            "mse_without_encounters": errors[~meets].mean().item()}  # fmt: skip
+
+
 def measure(model: nn.Module, data: NBodyDataset) -> dict[str, float]:
     """Test MSE, relative E(3) equivariance error (on up to 500 test systems) and ms per batch of 100."""
     model.eval()
@@ -223,7 +246,8 @@ def measure(model: nn.Module, data: NBodyDataset) -> dict[str, float]:
     seconds = time_per_call(lambda: model(data.pos[batch], vel=data.vel[batch], charge=data.charge[batch]))
     errors = system_errors(model, data)
     return {"test_mse": errors.double().mean().item(), "worst5_share": worst_share(errors), "equivariance_error": err,
-            "inference_ms_per_100": 1000 * seconds}  # fmt: skip
+            "inference_ms_per_100": 1000 * seconds,
+            **encounter_breakdown(errors, encounter_distance(data, NBodyConfig().horizon))}  # fmt: skip
 
 
 def _train_one(method: str, seed: int, cfg: NBodyBenchConfig, data: dict[str, NBodyDataset], resume: bool) -> tuple[nn.Module, dict[str, Any]]:
@@ -264,6 +288,9 @@ def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str,
             "test_mse_std": mse_std,
             "equivariance_error_max": max(r["equivariance_error"] for r in runs),
             "worst5_share_mean": mean_std([r["worst5_share"] for r in runs])[0],
+            "encounter_fraction": runs[0]["encounter_fraction"],  # of the test systems: the same for every run
+            "encounter_share_mean": mean_std([r["encounter_share"] for r in runs])[0],
+            "mse_without_encounters_mean": mean_std([r["mse_without_encounters"] for r in runs])[0],
             "parameters": runs[0]["parameters"],
             "train_time_s_mean": mean_std([r["train_time_s"] for r in runs])[0],
             "inference_ms_per_100": mean_std([r["inference_ms_per_100"] for r in runs])[0],
@@ -274,7 +301,8 @@ def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str,
 
 def _markdown(cfg: NBodyBenchConfig, summary: list[dict[str, Any]], complete: bool) -> str:
     status = "complete" if complete else "PARTIAL (still running or interrupted; rows so far)"
-    cols = ["method", "seeds", "test_mse_mean", "test_mse_std", "worst5_share_mean", "equivariance_error_max", "parameters",
+    cols = ["method", "seeds", "test_mse_mean", "test_mse_std", "worst5_share_mean", "encounter_share_mean",
+            "mse_without_encounters_mean", "equivariance_error_max", "parameters",
             "train_time_s_mean", "inference_ms_per_100", "epochs"]
     published = "\n".join(f"| {k} | {v} |" for k, v in PUBLISHED.items())
     ensemble_note = ""
@@ -284,7 +312,10 @@ def _markdown(cfg: NBodyBenchConfig, summary: list[dict[str, Any]], complete: bo
     return (
         f"# N-body (5 charged particles, frame 30 → 40): `{cfg.label}` configuration — {status}\n\n"
         f"Data: {cfg.source} ({cfg.n_train}/{cfg.n_valid}/{cfg.n_test} systems). Test MSE at the best-validation "
-        f"epoch; worst5_share = share of the test squared error carried by the worst 5% of the systems; equivariance "
+        f"epoch; worst5_share = share of the test squared error carried by the worst 5% of the systems; "
+        f"encounter_share = share carried by the systems in which two opposite charges come within {ENCOUNTER_DISTANCE} "
+        f"at constant velocity over the horizon ({summary[0]['encounter_fraction']:.1%} of the test systems), "
+        f"mse_without_encounters = the MSE of the others; equivariance "
         f"error = max over runs of ‖f(g·x) − g·f(x)‖/‖g·f(x)‖ over random E(3) elements (float32).{ensemble_note}\n\n"
         + markdown_table(summary, cols)
         + "\n\nPublished test MSE on the same protocol (for comparison):\n\n| model | MSE |\n|---|---|\n" + published + "\n"

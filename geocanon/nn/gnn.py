@@ -15,7 +15,10 @@ from torch import Tensor, nn
 
 from ..validation import check_dense_batch
 
-__all__ = ["ACTIVATIONS", "COULOMB_SOFTENING", "INITS", "NBodyGNN", "check_nbody_inputs", "initialise_", "mlp", "pair_mask"]
+__all__ = [
+    "ACTIVATIONS", "COULOMB_SOFTENING", "INITS", "NBodyGNN", "check_nbody_inputs", "closest_approach", "initialise_", "mlp",
+    "pair_mask",
+]  # fmt: skip
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
@@ -106,6 +109,23 @@ def pair_mask(mask: Tensor) -> Tensor:
     """
     eye = torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
     return mask[:, :, None] & mask[:, None, :] & ~eye
+
+
+def closest_approach(diff: Tensor, dvel: Tensor, window: float) -> tuple[Tensor, Tensor]:
+    """Closest approach of pairs moving at constant velocity within ``[0, window]``.
+
+    Args:
+        diff: [..., 3] separations ``x_i - x_j``.
+        dvel: [..., 3] relative velocities ``v_i - v_j``.
+        window: length of the time window, in the units of the velocities.
+
+    Returns:
+        ``(t, d2)``, each [..., 1]: the time ``t* = clamp(-r·Δv / |Δv|², 0, window)`` and the squared distance
+        ``|r + t* Δv|²`` then. A pair at rest relative to each other (Δv = 0) gets ``t* = 0``.
+    """
+    radial = (diff * dvel).sum(-1, keepdim=True)
+    t = (-radial / (dvel**2).sum(-1, keepdim=True).clamp_min(1e-12)).clamp(0.0, window)
+    return t, ((diff + t * dvel) ** 2).sum(-1, keepdim=True)
 
 
 COULOMB_SOFTENING = 0.1
@@ -269,12 +289,8 @@ class NBodyGNN(nn.Module):
         """Constant-velocity encounter of every pair within this step's window (see ``approach_edges``):
         ``diff`` [B, N, N, 3] = x_i - x_j, ``vel`` [B, N, 3], ``qq`` [B, N, N, 1] -> list of [B, N, N, c]."""
         dvel = vel[:, :, None] - vel[:, None, :]  # [B, N, N, 3]
-        radial = (diff * dvel).sum(-1, keepdim=True)
-        dvel2 = (dvel**2).sum(-1, keepdim=True)
-        # t* = -r·Δv / |Δv|²; a pair at rest relative to each other (Δv = 0, so r·Δv = 0) gets t* = 0
-        t_closest = (-radial / dvel2.clamp_min(1e-12)).clamp(0.0, 1.0 / self.substeps)
-        closest2 = ((diff + t_closest * dvel) ** 2).sum(-1, keepdim=True)
-        parts = [radial, dvel2, t_closest, closest2]
+        t_closest, closest2 = closest_approach(diff, dvel, 1.0 / self.substeps)
+        parts = [(diff * dvel).sum(-1, keepdim=True), (dvel**2).sum(-1, keepdim=True), t_closest, closest2]
         if self.relative_positions:
             parts.append(dvel)
         if self.coulomb_edges:
