@@ -26,6 +26,12 @@ def _classifiers() -> dict[str, nn.Module]:
     }
 
 
+def _live_pair_head(model: NBodyGNN) -> NBodyGNN:
+    """The pair-vector head starts at zero; give it weights so that the tests exercise it."""
+    nn.init.normal_(model.pair_head.weight, std=0.1)
+    return model
+
+
 def _nbody_models() -> dict[str, nn.Module]:
     return {
         "gnn": NBodyGNN(hidden=16, layers=2),
@@ -33,7 +39,7 @@ def _nbody_models() -> dict[str, nn.Module]:
         "gnn_coulomb": NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True),
         "gnn_substeps": NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True, substeps=3),
         "gnn_approach": NBodyGNN(hidden=16, layers=2, relative_positions=True, coulomb_edges=True, approach_edges=True),
-        "gnn_pair_vector": NBodyGNN(hidden=16, layers=2, relative_positions=True, approach_edges=True, pair_vector_output=True),
+        "gnn_pair_vector": _live_pair_head(NBodyGNN(16, 2, relative_positions=True, approach_edges=True, pair_vector_output=True)),
         "egnn": EGNN(hidden=16, layers=2),
     }
 
@@ -167,7 +173,10 @@ def test_classifier_rejects_bad_input(name: str) -> None:
 # ---------------------------------------------------------------- N-body models
 
 
-@pytest.mark.parametrize("name", ["gnn", "gnn_layernorm", "egnn"])
+NBODY_GNNS = ["gnn", "gnn_layernorm", "gnn_coulomb", "gnn_substeps", "gnn_approach", "gnn_pair_vector"]
+
+
+@pytest.mark.parametrize("name", [*NBODY_GNNS, "egnn"])
 @pytest.mark.parametrize("n", [3, 5, 9])
 def test_nbody_shape_and_permutation_equivariance(name: str, n: int) -> None:
     model = _nbody_models()[name].eval()
@@ -180,7 +189,7 @@ def test_nbody_shape_and_permutation_equivariance(name: str, n: int) -> None:
     torch.testing.assert_close(out_perm, out[:, perm], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["gnn", "gnn_layernorm", "egnn"])
+@pytest.mark.parametrize("name", [*NBODY_GNNS, "egnn"])
 def test_nbody_padding_ignored(name: str) -> None:
     model = _nbody_models()[name].eval()
     systems = [_nbody_inputs(1, n) for n in (3, 5, 9)]
@@ -194,7 +203,7 @@ def test_nbody_padding_ignored(name: str) -> None:
     assert torch.isnan(padded[~mask]).all()  # padding rows are returned as given
 
 
-@pytest.mark.parametrize("name", ["gnn", "egnn"])
+@pytest.mark.parametrize("name", [*NBODY_GNNS, "egnn"])
 def test_nbody_finite_gradients(name: str) -> None:
     model = _nbody_models()[name]
     pos, vel, charge = _nbody_inputs(3, 6)
