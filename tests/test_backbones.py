@@ -29,6 +29,7 @@ def _classifiers() -> dict[str, nn.Module]:
 def _live_pair_head(model: NBodyGNN) -> NBodyGNN:
     """The pair-vector head starts at zero; give it weights so that the tests exercise it."""
     nn.init.normal_(model.pair_head.weight, std=0.1)
+    nn.init.normal_(model.pair_head.bias, std=0.1)
     return model
 
 
