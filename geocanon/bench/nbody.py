@@ -102,7 +102,7 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     # outputs
     run_dir: str = "runs/nbody"
     results: str = "benchmarks/results/nbody"
-    checkpoint: str = "benchmarks/checkpoints/nbody_canonicalized.pt"
+    checkpoint: str = "benchmarks/checkpoints/nbody.pt"
     label: str = "full"
 
     def __post_init__(self) -> None:
