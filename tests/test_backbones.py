@@ -294,7 +294,7 @@ def test_gnn_approach_edges_closest_approach(substeps: int, t_closest: float, cl
     charge = torch.tensor([[[1.0], [-1.0], [1.0]]], dtype=torch.float64)
     diff = pos[:, :, None] - pos[:, None, :]
     qq = (charge * charge.transpose(1, 2))[..., None]
-    radial, dvel2, t, d2, dvel, coulomb = model._approach_features(diff, vel, qq)
+    radial, dvel2, t, d2, dvel, coulomb = model._approach_features(diff, vel[:, :, None] - vel[:, None, :], qq)
     assert radial[0, 0, 1, 0].item() == -8.0 and dvel2[0, 0, 1, 0].item() == 16.0
     assert t[0, 0, 1, 0].item() == pytest.approx(t_closest) and d2[0, 0, 1, 0].item() == pytest.approx(closest2)
     assert t[0, 1, 0, 0].item() == pytest.approx(t_closest)  # symmetric in the pair

@@ -259,6 +259,7 @@ class NBodyGNN(nn.Module):
         speed = vel.norm(dim=-1, keepdim=True)
         h = self.encoder(torch.cat([pos, vel, speed, *([charge] if self.node_charges else [])], -1))  # [B, N, H]
         diff = pos[:, :, None] - pos[:, None, :]  # [B, N, N, 3]
+        dvel = vel[:, :, None] - vel[:, None, :]  # [B, N, N, 3]
         dist2 = (diff**2).sum(-1, keepdim=True)
         edge_parts = [qq, dist2]
         if self.relative_positions:
@@ -269,7 +270,7 @@ class NBodyGNN(nn.Module):
             if self.relative_positions:
                 edge_parts.append(qq * diff / softened**1.5)
         if self.approach_edges:
-            edge_parts.extend(self._approach_features(diff, vel, qq))
+            edge_parts.extend(self._approach_features(diff, dvel, qq))
         edge = torch.cat(edge_parts, -1)  # [B, N, N, edge_inputs]
         for edge_mlp, node_mlp, norm in zip(self.edge_mlps, self.node_mlps, self.norms):
             h_i = h[:, :, None].expand(-1, -1, n, -1)
@@ -279,16 +280,14 @@ class NBodyGNN(nn.Module):
         out = self.decoder(h)
         if self.pair_head is not None:
             coef = self.pair_head(msg).masked_fill(~pairs, 0.0)  # [B, N, N, 2]; msg: the last layer's messages
-            dvel = vel[:, :, None] - vel[:, None, :]
             out = out + (coef[..., :1] * diff + coef[..., 1:] * dvel).sum(2)
         if self.velocity_step is not None:
             out = out + self.velocity_step * vel
         return out
 
-    def _approach_features(self, diff: Tensor, vel: Tensor, qq: Tensor) -> list[Tensor]:
+    def _approach_features(self, diff: Tensor, dvel: Tensor, qq: Tensor) -> list[Tensor]:
         """Constant-velocity encounter of every pair within this step's window (see ``approach_edges``):
-        ``diff`` [B, N, N, 3] = x_i - x_j, ``vel`` [B, N, 3], ``qq`` [B, N, N, 1] -> list of [B, N, N, c]."""
-        dvel = vel[:, :, None] - vel[:, None, :]  # [B, N, N, 3]
+        ``diff`` [B, N, N, 3] = x_i - x_j, ``dvel`` [B, N, N, 3] = v_i - v_j, ``qq`` [B, N, N, 1] -> list of [B, N, N, c]."""
         t_closest, closest2 = closest_approach(diff, dvel, 1.0 / self.substeps)
         parts = [(diff * dvel).sum(-1, keepdim=True), (dvel**2).sum(-1, keepdim=True), t_closest, closest2]
         if self.relative_positions:
