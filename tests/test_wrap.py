@@ -125,6 +125,38 @@ def test_sampled_frame_averaging_trains_through_one_frame_and_evaluates_all(dtyp
         FrameAveraged(PointMLP(per_point=False), train_frames="one")
 
 
+@pytest.mark.parametrize("group", ["SE3", "E3"])
+def test_random_frame_training_sees_random_orientations_and_evaluates_the_pca_frames(dtype, group):
+    """train_frames="random": in training the backbone sees each cloud about its centroid (the frames' origin for
+    SE3/E3) in a random orientation
+    (never one of the K PCA frames: its covariance is not diagonal), improper ones too where the group has
+    reflections, and the output is mapped back exactly; in eval the K PCA frames are averaged as ever."""
+    pos = torch.randn(64, 30, 3) * torch.tensor([3.0, 2.0, 1.0]) + 5.0
+    seen: list[torch.Tensor] = []
+
+    class Recorder(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x)
+            return x
+
+    model = FrameAveraged(Recorder(), group=group, output="position", train_frames="random").train()
+    torch.manual_seed(0)
+    out = model(pos)
+    assert torch.allclose(out, pos, atol=tolerance(dtype))  # an equivariant backbone stays exact in training
+    canonical = seen[-1]
+    assert canonical.shape == pos.shape and canonical.mean(1).abs().max() < tolerance(dtype)
+    cov = canonical.transpose(1, 2) @ canonical
+    off_diagonal = (cov - torch.diag_embed(cov.diagonal(dim1=1, dim2=2))).abs().amax((1, 2)) / cov.abs().amax((1, 2))
+    assert (off_diagonal > 1e-3).all()  # not a PCA frame
+    det = torch.linalg.det(torch.linalg.lstsq(pos - pos.mean(1, keepdim=True), canonical).solution)
+    assert torch.allclose(det.abs(), torch.ones_like(det), atol=1e-6)
+    assert (det < 0).any() == (group == "E3") and (det > 0).any()
+    model.eval()
+    model(pos)
+    frames = pca_frames(pos, group=group)
+    assert torch.allclose(seen[-1], frames.to_canonical_points(pos.repeat_interleave(len(frames) // 64, 0)), atol=tolerance(dtype))
+
+
 def test_smooth_step_is_a_c1_step_with_complementary_halves():
     z = torch.linspace(-2, 2, 401, dtype=torch.float64)
     h = smooth_step(z)
