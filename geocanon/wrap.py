@@ -180,9 +180,9 @@ class FrameAveraged(_FeatureRouting):
 
     ``train_frames="random"`` trains like ``"sampled"`` but turns the drawn frame's axes by a Haar-random
     rotation (with reflections where the group has them), so the backbone sees each training cloud, about
-    the frame's origin (the centroid for SE3/E3), in a uniformly random orientation: random-rotation augmentation, with all K frames
-    averaged at evaluation as ever. On the N-body benchmark this generalises better than training through
-    the frames themselves (benchmarks/results/nbody.md).
+    the frame's origin (the centroid for SE3/E3), in a uniformly random orientation: random-rotation
+    augmentation, with all K frames averaged at evaluation as ever. On the N-body benchmark this
+    generalises better than training through the frames themselves (benchmarks/results/nbody.md).
     """
 
     def __init__(

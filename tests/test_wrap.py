@@ -128,9 +128,9 @@ def test_sampled_frame_averaging_trains_through_one_frame_and_evaluates_all(dtyp
 @pytest.mark.parametrize("group", ["SE3", "E3"])
 def test_random_frame_training_sees_random_orientations_and_evaluates_the_pca_frames(dtype, group):
     """train_frames="random": in training the backbone sees each cloud about its centroid (the frames' origin for
-    SE3/E3) in a random orientation
-    (never one of the K PCA frames: its covariance is not diagonal), improper ones too where the group has
-    reflections, and the output is mapped back exactly; in eval the K PCA frames are averaged as ever."""
+    SE3/E3) in a random orientation (never one of the K PCA frames: its covariance is not diagonal), improper
+    ones too where the group has reflections, and the output is mapped back exactly; in eval the K PCA frames
+    are averaged as ever, so a non-equivariant backbone becomes exactly equivariant."""
     pos = torch.randn(64, 30, 3) * torch.tensor([3.0, 2.0, 1.0]) + 5.0
     seen: list[torch.Tensor] = []
 
@@ -155,6 +155,8 @@ def test_random_frame_training_sees_random_orientations_and_evaluates_the_pca_fr
     model(pos)
     frames = pca_frames(pos, group=group)
     assert torch.allclose(seen[-1], frames.to_canonical_points(pos.repeat_interleave(len(frames) // 64, 0)), atol=tolerance(dtype))
+    vec_model = FrameAveraged(PointMLP(per_point=True), group=group, output="vector", train_frames="random").eval()
+    assert equivariance_error(vec_model, pos, group, "vector") < tolerance(dtype)
 
 
 def test_smooth_step_is_a_c1_step_with_complementary_halves():
