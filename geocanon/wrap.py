@@ -183,6 +183,13 @@ class FrameAveraged(_FeatureRouting):
     the frame's origin (the centroid for SE3/E3), in a uniformly random orientation: random-rotation
     augmentation, with all K frames averaged at evaluation as ever. On the N-body benchmark this
     generalises better than training through the frames themselves (benchmarks/results/nbody.md).
+
+    ``orientations=M`` averages over M orientations of each frame wherever all frames are averaged
+    (evaluation, and training with ``"all"``): the frames ``F_k Q_m`` with ``Q_0 = I`` and ``Q_1 … Q_{M-1}``
+    fixed Haar-random rotations (drawn once from seed 0, so a rebuilt model has the same ones). The set
+    stays equivariant (``F_k(g·x) Q_m = g F_k(x) Q_m``), so the output stays exact, for M times the cost.
+    Worth it for a backbone trained on all orientations (``"random"`` or augmentation): more orientations
+    average more of its orientation-dependent error away, like test-time augmentation made exact.
     """
 
     def __init__(
@@ -194,14 +201,20 @@ class FrameAveraged(_FeatureRouting):
         scalar_features: Sequence[str] = (),
         train_frames: str = "all",
         sign_tolerance: float | None = None,
+        orientations: int = 1,
     ) -> None:
         super().__init__(backbone, output, vector_features, scalar_features)
         check_train_frames(train_frames)
         if sign_tolerance is not None and not sign_tolerance > 0:
             raise ValueError(f"sign_tolerance must be a positive number or None, got {sign_tolerance!r}")
+        if isinstance(orientations, bool) or not isinstance(orientations, int) or orientations < 1:
+            raise ValueError(f"orientations must be a positive integer, got {orientations!r}")
         self.group = group
         self.train_frames = train_frames
         self.sign_tolerance = sign_tolerance
+        turns = random_rotation(orientations - 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        # not persistent: rebuilt identically from `orientations`, so checkpoints without it still load
+        self.register_buffer("turns", torch.cat([torch.eye(3, dtype=torch.float64)[None], turns]), persistent=False)
 
     def forward(self, pos: Tensor, *, mask: Tensor | None = None, **features: Tensor) -> Tensor:
         """(Weighted) average of the mapped-back backbone outputs over the frames: same shapes as the backbone's."""
@@ -220,6 +233,11 @@ class FrameAveraged(_FeatureRouting):
             if self.train_frames == "random":  # R Q: Haar-random axes, the same origin
                 turn = random_rotation(b, has_reflections(self.group), frames.rotation.dtype, pos.device)
                 frames = Frame(frames.rotation @ turn, frames.translation)
+        elif len(self.turns) > 1:  # every frame in every orientation: [B * k * M], cloud-major
+            m = len(self.turns)
+            rotation = (frames.rotation[:, None] @ self.turns.to(frames.rotation.dtype)).flatten(0, 1)
+            frames, k = Frame(rotation, frames.translation.repeat_interleave(m, 0)), k * m
+            weights = None if weights is None else weights.repeat_interleave(m, 1) / m
         if weights is None:  # every frame, equal weights
             cloud = torch.arange(b, device=pos.device).repeat_interleave(k)
         else:  # only the frames of non-zero weight

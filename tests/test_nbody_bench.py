@@ -155,3 +155,14 @@ def test_config_rejects_unknown_method():
         NBodyBenchConfig(methods=["transformer"])
     with pytest.raises(ValueError, match="fa_train_frames"):
         NBodyBenchConfig(fa_train_frames="one")
+    with pytest.raises(ValueError, match="fa_orientations must be a positive integer"):
+        NBodyBenchConfig(fa_orientations=0)
+
+
+def test_fa_orientations_reach_the_frame_averaged_model():
+    from geocanon import checkpoint
+    from geocanon.bench.nbody import model_spec
+
+    model = checkpoint.build(model_spec("frame-averaging", NBodyBenchConfig(fa_orientations=3)))
+    assert model.turns.shape == (3, 3, 3)
+    assert checkpoint.build(model_spec("frame-averaging", NBodyBenchConfig())).turns.shape == (1, 3, 3)

@@ -8,7 +8,9 @@ from torch import nn
 
 from geocanon import Canonicalized, Comoving, E3nnCanonicalizer, Ensemble, FrameAveraged, IdentityCanonicalizer, PCACanonicalizer
 from geocanon.canonicalizers.frame_averaging import pca_frames, smooth_step, weighted_pca_frames
+from geocanon.frames import Frame
 from geocanon.testing import assert_equivariant, equivariance_error
+from geocanon.wrap import map_back
 
 from .conftest import tolerance
 
@@ -157,6 +159,62 @@ def test_random_frame_training_sees_random_orientations_and_evaluates_the_pca_fr
     assert torch.allclose(seen[-1], frames.to_canonical_points(pos.repeat_interleave(len(frames) // 64, 0)), atol=tolerance(dtype))
     vec_model = FrameAveraged(PointMLP(per_point=True), group=group, output="vector", train_frames="random").eval()
     assert equivariance_error(vec_model, pos, group, "vector") < tolerance(dtype)
+
+
+@pytest.mark.parametrize("group", ["SO3", "O3", "SE3", "E3"])
+@pytest.mark.parametrize("output", ["invariant", "vector", "position"])
+@pytest.mark.parametrize("sign_tolerance", [None, 0.3])
+def test_orientations_average_every_frame_in_fixed_turns_exactly(group, output, sign_tolerance, dtype):
+    """orientations=M: in eval the backbone sees each PCA frame F_k turned by Q_0 = I, Q_1 ... Q_{M-1} (fixed), the
+    outputs averaged (weights split evenly); the result stays exactly equivariant with a non-equivariant backbone."""
+    torch.manual_seed(3)
+    pos = torch.randn(5, 30, 3) * torch.tensor([3.0, 2.0, 1.0])
+    per_point = output != "invariant"
+    kw = {"group": group, "output": output, "sign_tolerance": sign_tolerance}
+    model = FrameAveraged(PointMLP(per_point=per_point), orientations=3, **kw).eval()
+    single = FrameAveraged(model.backbone, **kw).eval()
+    assert model.turns.shape == (3, 3, 3) and torch.equal(model.turns[0], torch.eye(3, dtype=torch.float64))
+    assert torch.allclose(model.turns.transpose(1, 2) @ model.turns, torch.eye(3, dtype=torch.float64).expand(3, 3, 3))
+    # by hand: the turned frames are what the backbone sees, and the outputs are mapped back through them
+    if sign_tolerance is None:
+        frames, weights = pca_frames(pos, group=group), torch.full((5, len(pca_frames(pos[:1], group=group))), 1.0)
+        weights = weights / weights.shape[1]
+    else:
+        frames, weights = weighted_pca_frames(pos, group=group, sign_tolerance=sign_tolerance)
+    k = weights.shape[1]
+    rotation = frames.rotation.unflatten(0, (5, k))[:, :, None] @ model.turns.to(dtype)  # [B, K, M, 3, 3]
+    expected = torch.zeros_like(single(pos))
+    for m in range(3):
+        for j in range(k):
+            turned = Frame(rotation[:, j, m], frames.translation.unflatten(0, (5, k))[:, j])
+            out = map_back(model.backbone(turned.to_canonical_points(pos)), turned, output)
+            expected = expected + (weights[:, j] / 3).reshape(-1, *[1] * (out.ndim - 1)) * out
+    assert torch.allclose(model(pos), expected, atol=tolerance(dtype))
+    assert (model(pos) - single(pos)).abs().max() > 1e-3  # the turns change the output: the comparison can fail
+    assert equivariance_error(model, pos, group, output) < tolerance(dtype)
+    # rebuilt models draw the same turns; they are not in the state dict, so checkpoints without them still load
+    assert torch.equal(FrameAveraged(PointMLP(per_point=per_point), orientations=3, **kw).turns, model.turns)
+    assert "turns" not in model.state_dict()
+    single.load_state_dict(model.state_dict())
+
+
+def test_orientations_leave_sampled_training_alone_and_reject_bad_counts():
+    calls: list[int] = []
+
+    class Counter(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(len(x))
+            return x.sum(1)
+
+    pos = torch.randn(4, 30, 3) * torch.tensor([3.0, 2.0, 1.0])
+    for train_frames, per_step in (("random", 4), ("sampled", 4), ("all", 4 * 4 * 2)):
+        FrameAveraged(Counter(), group="SO3", train_frames=train_frames, orientations=2).train()(pos)
+        assert calls[-1] == per_step
+    FrameAveraged(Counter(), group="SO3", train_frames="random", orientations=2).eval()(pos)
+    assert calls[-1] == 4 * 4 * 2
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="orientations must be a positive integer"):
+            FrameAveraged(Counter(), orientations=bad)
 
 
 def test_smooth_step_is_a_c1_step_with_complementary_halves():

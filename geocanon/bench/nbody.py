@@ -87,6 +87,7 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
     canon_hidden_mul: int = 16
     # frame averaging: "all" 8 frames per training step, or one "sampled" frame (see FrameAveraged)
     fa_train_frames: str = "all"
+    fa_orientations: int = 1  # frame averaging over every PCA frame in this many fixed orientations (see FrameAveraged)
     # optimisation
     max_epochs: int = 1000
     batch_size: int = 100
@@ -113,6 +114,8 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
         NBodyObjective(input_noise=self.input_noise)  # validates it
         if self.source not in ("generated", "published"):
             raise ValueError(f"source must be 'generated' or 'published', got {self.source!r}")
+        if isinstance(self.fa_orientations, bool) or not isinstance(self.fa_orientations, int) or self.fa_orientations < 1:
+            raise ValueError(f"fa_orientations must be a positive integer, got {self.fa_orientations!r}")
 
 
 def model_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
@@ -140,7 +143,7 @@ def _method_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
         return {
             "name": "frame_averaged",
             "config": {"backbone": gnn, "group": "E3", "output": "position", "vector_features": ["vel"],
-                       "scalar_features": ["charge"], "train_frames": cfg.fa_train_frames},
+                       "scalar_features": ["charge"], "train_frames": cfg.fa_train_frames, "orientations": cfg.fa_orientations},
         }  # fmt: skip
     if method == "pca":
         canon = {"name": "pca", "config": {"group": "E3"}}
