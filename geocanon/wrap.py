@@ -29,7 +29,8 @@ from .validation import check_dense_batch
 TRAIN_FRAMES = ("all", "sampled", "random")
 
 __all__ = [
-    "TRAIN_FRAMES", "Canonicalized", "Comoving", "Ensemble", "FrameAveraged", "OutputType", "check_train_frames", "map_back",
+    "TRAIN_FRAMES", "Canonicalized", "Comoving", "Ensemble", "FrameAveraged", "OutputType", "check_train_frames", "fixed_turns",
+    "map_back",
 ]  # fmt: skip
 
 
@@ -158,6 +159,15 @@ class Canonicalized(_FeatureRouting):
         return map_back(out, frame, self.output, batch)
 
 
+def fixed_turns(orientations: int) -> Tensor:
+    """The rotations of ``FrameAveraged(orientations=M)``: [M, 3, 3] float64, the identity first, then M - 1
+    Haar-random proper rotations drawn from seed 0 (the same on every call)."""
+    if isinstance(orientations, bool) or not isinstance(orientations, int) or orientations < 1:
+        raise ValueError(f"orientations must be a positive integer, got {orientations!r}")
+    turns = random_rotation(orientations - 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    return torch.cat([torch.eye(3, dtype=torch.float64)[None], turns])
+
+
 class FrameAveraged(_FeatureRouting):
     """Frame averaging over the PCA sign frames (Puny et al. 2022): the backbone runs K times per cloud.
 
@@ -207,14 +217,11 @@ class FrameAveraged(_FeatureRouting):
         check_train_frames(train_frames)
         if sign_tolerance is not None and not sign_tolerance > 0:
             raise ValueError(f"sign_tolerance must be a positive number or None, got {sign_tolerance!r}")
-        if isinstance(orientations, bool) or not isinstance(orientations, int) or orientations < 1:
-            raise ValueError(f"orientations must be a positive integer, got {orientations!r}")
         self.group = group
         self.train_frames = train_frames
         self.sign_tolerance = sign_tolerance
-        turns = random_rotation(orientations - 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
         # not persistent: rebuilt identically from `orientations`, so checkpoints without it still load
-        self.register_buffer("turns", torch.cat([torch.eye(3, dtype=torch.float64)[None], turns]), persistent=False)
+        self.register_buffer("turns", fixed_turns(orientations), persistent=False)
 
     def forward(self, pos: Tensor, *, mask: Tensor | None = None, **features: Tensor) -> Tensor:
         """(Weighted) average of the mapped-back backbone outputs over the frames: same shapes as the backbone's."""

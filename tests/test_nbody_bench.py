@@ -66,6 +66,21 @@ def test_evaluate_without_data_is_one_clear_line(tmp_path, smoke, capsys):
     assert err.startswith("geocanon: error: no N-body test split") and err.count("\n") == 1
 
 
+def test_evaluate_with_orientations_rebuilds_the_frame_averaged_model(tmp_path, smoke, capsys):
+    cfg, _ = smoke
+    torch.manual_seed(0)
+    small = NBodyBenchConfig(hidden=16, layers=2)
+    fa, plain = (checkpoint.save(tmp_path / f"{m}.pt", checkpoint.build(model_spec(m, small))) for m in ("frame-averaging", "plain"))
+    results = []
+    for extra in ([], ["--orientations", "1"], ["--orientations", "3"]):
+        assert main(["bench", "nbody", "--evaluate", str(fa), "--data-dir", cfg.data_root, *extra]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[1]["test_mse"] == results[0]["test_mse"] and "orientations" not in results[0]
+    assert results[2]["orientations"] == 3 and results[2]["test_mse"] != pytest.approx(results[0]["test_mse"], rel=1e-4)
+    assert main(["bench", "nbody", "--evaluate", str(plain), "--data-dir", cfg.data_root, "--orientations", "3"]) == 2
+    assert "orientations apply to frame-averaged models" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("comoving", [False, True])
 def test_model_specs_build_for_every_method(comoving, tmp_path):
     cfg = NBodyBenchConfig(comoving=comoving, substeps=2)

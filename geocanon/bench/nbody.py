@@ -33,7 +33,7 @@ from ..data.nbody import NBodyConfig, NBodyDataset, load_nbody
 from ..frames import random_group_element
 from ..nn.gnn import closest_approach
 from ..testing import equivariance_error, transform_inputs
-from ..wrap import Ensemble, check_train_frames
+from ..wrap import Ensemble, FrameAveraged, check_train_frames, fixed_turns
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
 from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
@@ -366,10 +366,17 @@ def _payload(cfg: NBodyBenchConfig, rows: list[dict[str, Any]], best: Any, wall:
     }
 
 
-def evaluate_checkpoint(path: str | Path, data_dir: str | Path) -> dict[str, Any]:
+def evaluate_checkpoint(path: str | Path, data_dir: str | Path, orientations: int | None = None) -> dict[str, Any]:
     """Test MSE of a saved model on the test split in ``data_dir``: the published ``loc_test_*.npy``
-    layout, or exactly one generated cache file ``nbody_test_<hash>.npz`` (read as it is)."""
+    layout, or exactly one generated cache file ``nbody_test_<hash>.npz`` (read as it is). ``orientations``
+    re-sets the frame-averaged model's orientations per frame (see FrameAveraged) for this evaluation."""
     model, _ = checkpoint.load(path)
+    if orientations is not None:
+        averaged = [m for m in model.modules() if isinstance(m, FrameAveraged)]
+        if not averaged:
+            raise ValueError(f"orientations apply to frame-averaged models; {path} holds none")
+        for module in averaged:
+            module.turns = fixed_turns(orientations)
     data_dir = Path(data_dir)
     caches = sorted(data_dir.glob("nbody_test_*.npz"))
     if any(data_dir.glob("loc_test_*.npy")):
@@ -383,4 +390,5 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | Path) -> dict[str, Any
             f"no N-body test split in {data_dir}: expected a generated cache (nbody_test_<hash>.npz, made by "
             "`python datasets/nbody/generate.py --root DIR`) or the published loc/vel/charges_test_charged5_initvel1small.npy files"
         )
-    return {"test_mse": test_mse(model, data), "n": len(data), "source": source, "checkpoint": str(path)}
+    extra = {} if orientations is None else {"orientations": orientations}
+    return {"test_mse": test_mse(model, data), "n": len(data), "source": source, "checkpoint": str(path), **extra}

@@ -2,7 +2,7 @@
 
   geocanon bench nbody --quick                      # ≤ 10 min on 2 CPU cores, prints a table
   geocanon bench nbody --config benchmarks/nbody.yaml [--resume]
-  geocanon bench nbody --evaluate CHECKPOINT --data-dir DIR   # prints {"test_mse": ..., "n": ...}
+  geocanon bench nbody --evaluate CHECKPOINT --data-dir DIR [--orientations M]  # prints {"test_mse": ..., "n": ...}
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="N-body cache folder (generated on first use)")
     parser.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="evaluate a saved model instead of training")
     parser.add_argument("--data-dir", type=Path, help="with --evaluate: folder with the test split (our cache or published .npy)")
+    parser.add_argument("--orientations", type=int, metavar="M",
+                        help="with --evaluate: average a frame-averaged model over every frame in M fixed orientations")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -33,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
     if args.evaluate is not None:
         if args.data_dir is None:
             raise ValueError("--evaluate needs --data-dir DIR (the folder holding the test split)")
-        print(json.dumps(evaluate_checkpoint(args.evaluate, args.data_dir)))
+        print(json.dumps(evaluate_checkpoint(args.evaluate, args.data_dir, args.orientations)))
         return 0
     cfg = load_config(
         NBodyBenchConfig,
