@@ -29,8 +29,8 @@ from .validation import check_dense_batch
 TRAIN_FRAMES = ("all", "sampled", "random")
 
 __all__ = [
-    "TRAIN_FRAMES", "Canonicalized", "Comoving", "Ensemble", "FrameAveraged", "OutputType", "check_train_frames", "fixed_turns",
-    "map_back",
+    "TRAIN_FRAMES", "Canonicalized", "Comoving", "Ensemble", "FrameAveraged", "OutputType", "check_orientations", "check_train_frames",
+    "fixed_turns", "map_back",
 ]  # fmt: skip
 
 
@@ -159,11 +159,16 @@ class Canonicalized(_FeatureRouting):
         return map_back(out, frame, self.output, batch)
 
 
+def check_orientations(value: int, name: str = "orientations") -> None:
+    """Raise ValueError unless ``value`` (the setting called ``name``) is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def fixed_turns(orientations: int) -> Tensor:
     """The rotations of ``FrameAveraged(orientations=M)``: [M, 3, 3] float64, the identity first, then M - 1
     Haar-random proper rotations drawn from seed 0 (the same on every call)."""
-    if isinstance(orientations, bool) or not isinstance(orientations, int) or orientations < 1:
-        raise ValueError(f"orientations must be a positive integer, got {orientations!r}")
+    check_orientations(orientations)
     turns = random_rotation(orientations - 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     return torch.cat([torch.eye(3, dtype=torch.float64)[None], turns])
 

@@ -33,7 +33,7 @@ from ..data.nbody import NBodyConfig, NBodyDataset, load_nbody
 from ..frames import random_group_element
 from ..nn.gnn import closest_approach
 from ..testing import equivariance_error, transform_inputs
-from ..wrap import Ensemble, FrameAveraged, check_train_frames, fixed_turns
+from ..wrap import Ensemble, FrameAveraged, check_orientations, check_train_frames, fixed_turns
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
 from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
@@ -114,8 +114,7 @@ class NBodyBenchConfig(HardwareSettings, CanonicalizerSettings):
         NBodyObjective(input_noise=self.input_noise)  # validates it
         if self.source not in ("generated", "published"):
             raise ValueError(f"source must be 'generated' or 'published', got {self.source!r}")
-        if isinstance(self.fa_orientations, bool) or not isinstance(self.fa_orientations, int) or self.fa_orientations < 1:
-            raise ValueError(f"fa_orientations must be a positive integer, got {self.fa_orientations!r}")
+        check_orientations(self.fa_orientations, "fa_orientations")
 
 
 def model_spec(method: str, cfg: NBodyBenchConfig) -> dict[str, Any]:
