@@ -203,8 +203,9 @@ class FrameAveraged(_FeatureRouting):
     (evaluation, and training with ``"all"``): the frames ``F_k Q_m`` with ``Q_0 = I`` and ``Q_1 … Q_{M-1}``
     fixed Haar-random rotations (drawn once from seed 0, so a rebuilt model has the same ones). The set
     stays equivariant (``F_k(g·x) Q_m = g F_k(x) Q_m``), so the output stays exact, for M times the cost.
-    Worth it for a backbone trained on all orientations (``"random"`` or augmentation): more orientations
-    average more of its orientation-dependent error away, like test-time augmentation made exact.
+    Meant for a backbone trained on all orientations (``"random"`` or augmentation): more orientations
+    average more of its orientation-dependent error away, like test-time augmentation made exact (on the
+    N-body benchmark M = 8 lowers the test MSE by about 1%: docs/architecture.md).
     """
 
     def __init__(
