@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,6 +118,20 @@ def test_seed_ensemble_row(tmp_path):
     assert [s["method"] for s in payload["summary"]] == ["frame-averaging", "frame-averaging-ensemble"]
     assert "`<m>-ensemble` is the mean" in (tmp_path / "results" / "nbody.md").read_text()
 
+
+
+def test_finished_only_reports_finished_runs_without_training(smoke):
+    """A snapshot of trainings still going on: only runs with a result.json are reported (with the numbers they
+    were trained to), nothing is trained, no ensemble of a method with missing seeds, and the results say PARTIAL."""
+    cfg, payload = smoke
+    results = cfg.results + "_snapshot"
+    snapshot = run(replace(cfg, seeds=[0, 1], ensemble=True, results=results, checkpoint=cfg.checkpoint + ".snap"), finished_only=True)
+    assert payload["complete"] and not snapshot["complete"]
+    assert [(r["method"], r["seed"]) for r in snapshot["runs"]] == [(m, 0) for m in METHODS]
+    for before, after in zip(payload["runs"], snapshot["runs"]):
+        assert after["test_mse"] == pytest.approx(before["test_mse"], rel=1e-6)
+    assert not any(Path(cfg.run_dir, m, "seed1").exists() for m in METHODS)
+    assert "PARTIAL" in Path(results + ".md").read_text()
 
 def test_worst_share_of_the_error():
     from geocanon.bench.nbody import worst_share

@@ -252,13 +252,17 @@ def measure(model: nn.Module, data: NBodyDataset) -> dict[str, float]:
             **encounter_breakdown(errors, encounter_distance(data, NBodyConfig().horizon))}  # fmt: skip
 
 
+def _run_dir(cfg: NBodyBenchConfig, method: str, seed: int) -> Path:
+    return Path(cfg.run_dir) / method / f"seed{seed}"
+
+
 def _train_one(method: str, seed: int, cfg: NBodyBenchConfig, data: dict[str, NBodyDataset], resume: bool) -> tuple[nn.Module, dict[str, Any]]:
     torch.manual_seed(seed)
     model = checkpoint.build(model_spec(method, cfg))
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, generator=generator)
     valid = DataLoader(data["valid"], batch_size=500)
-    result = fit(model, NBodyObjective(method == "augment", cfg.input_noise), train, valid, train_config(cfg, seed), Path(cfg.run_dir) / method / f"seed{seed}", resume)
+    result = fit(model, NBodyObjective(method == "augment", cfg.input_noise), train, valid, train_config(cfg, seed), _run_dir(cfg, method, seed), resume)
     row = {"method": method, "seed": seed, "best_val_mse": result.best_val_loss, "best_epoch": result.best_epoch,
            "epochs_run": result.epochs_run, "train_time_s": result.train_time_s, "parameters": count_parameters(model)}
     row.update(measure(model, data["test"]))
@@ -324,9 +328,11 @@ def _markdown(cfg: NBodyBenchConfig, summary: list[dict[str, Any]], complete: bo
     )
 
 
-def run(cfg: NBodyBenchConfig, resume: bool = False) -> dict[str, Any]:
+def run(cfg: NBodyBenchConfig, resume: bool = False, finished_only: bool = False) -> dict[str, Any]:
     """Train and evaluate every method × seed; write results (as they come) and the checkpoint of the best
-    (by validation MSE) model of :data:`SAVED_METHODS`."""
+    (by validation MSE) model of :data:`SAVED_METHODS`. ``finished_only``: train nothing, report the runs of
+    ``cfg.run_dir`` that have finished (results marked PARTIAL while any is missing; ensembles only of methods
+    with every seed) — a snapshot of trainings still going on elsewhere."""
     start = time.perf_counter()
     data = _datasets(cfg)
     rows: list[dict[str, Any]] = []
@@ -336,7 +342,9 @@ def run(cfg: NBodyBenchConfig, resume: bool = False) -> dict[str, Any]:
     models: dict[str, list[nn.Module]] = {method: [] for method in cfg.methods}
     for seed in cfg.seeds:  # seed-major: every method's first seed is done before any second seed
         for method in cfg.methods:
-            model, row = _train_one(method, seed, cfg, data, resume)
+            if finished_only and not (_run_dir(cfg, method, seed) / "result.json").is_file():
+                continue
+            model, row = _train_one(method, seed, cfg, data, resume or finished_only)
             rows.append(row)
             if ensembles:
                 models[method].append(model)
@@ -345,7 +353,7 @@ def run(cfg: NBodyBenchConfig, resume: bool = False) -> dict[str, Any]:
                 checkpoint.save(cfg.checkpoint, model, meta={"benchmark": "nbody", "row": row, "config": asdict(cfg)})
             payload = _payload(cfg, rows, best, time.perf_counter() - start, complete=len(rows) == total)
             write_results(cfg.results, payload, _markdown(cfg, payload["summary"], payload["complete"]))
-    for method in cfg.methods if ensembles else []:
+    for method in [m for m in cfg.methods if len(models[m]) == len(cfg.seeds)] if ensembles else []:
         rows.append(_ensemble_row(method, models[method], [r for r in rows if r["method"] == method], data))
         payload = _payload(cfg, rows, best, time.perf_counter() - start, complete=len(rows) == total)
         write_results(cfg.results, payload, _markdown(cfg, payload["summary"], payload["complete"]))

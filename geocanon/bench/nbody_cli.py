@@ -1,7 +1,7 @@
 """Train and compare every N-body method, or evaluate a saved model.
 
   geocanon bench nbody --quick                      # ≤ 10 min on 2 CPU cores, prints a table
-  geocanon bench nbody --config benchmarks/nbody.yaml [--resume]
+  geocanon bench nbody --config benchmarks/nbody.yaml [--resume | --finished-only]
   geocanon bench nbody --evaluate CHECKPOINT --data-dir DIR [--orientations M]  # prints {"test_mse": ..., "n": ...}
 """
 
@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="N-body cache folder (generated on first use)")
     parser.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="evaluate a saved model instead of training")
     parser.add_argument("--data-dir", type=Path, help="with --evaluate: folder with the test split (our cache or published .npy)")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing: report the finished runs of run_dir (PARTIAL while some are missing)")
     parser.add_argument("--orientations", type=int, metavar="M",
                         help="with --evaluate: average a frame-averaged model over every frame in M fixed orientations")
 
@@ -43,6 +45,6 @@ def main(args: argparse.Namespace) -> int:
         methods=args.methods, seeds=args.seeds, max_epochs=args.max_epochs, data_root=args.data_root,
         **hardware_overrides(args),
     )
-    payload = run(cfg, resume=args.resume)
+    payload = run(cfg, resume=args.resume, finished_only=args.finished_only)
     print(Path(cfg.results).with_suffix(".md").read_text())
     return 0 if payload["complete"] else 1
