@@ -44,6 +44,9 @@ def test_every_method_trains_and_is_reported(smoke):
     for method in ("canonicalized", "canonicalized-offset", "pca", "frame-averaging", "egnn", "linear"):
         assert errors[method] < 1e-4, (method, errors[method])
     assert errors["plain"] > 1e-3  # the measurement can fail: the bare GNN is not equivariant
+    floor = saved["orientation_floor"]
+    assert floor["orientations"] == 16 and 0.0 <= floor["systems_affected"] <= 1.0 and floor["test_mse"] >= 0.0
+    assert f"{floor['test_mse']:.5f}" in open(cfg.results + ".md").read()
 
 
 def test_trained_checkpoint_is_equivariant_and_evaluates(smoke, capsys):

@@ -22,6 +22,7 @@ from geocanon.data.nbody import (
     load_nbody,
     nbody_cache_path,
     nbody_energy,
+    orientation_spread,
     sample_initial_state,
     simulate,
 )
@@ -136,6 +137,42 @@ def test_recorded_velocity_is_the_one_that_moved_the_particles() -> None:
     torch.testing.assert_close(loc[:, 0], init["pos"] + dt * kicked, rtol=0, atol=1e-15)
     torch.testing.assert_close(vel[:, 0], kicked, rtol=0, atol=1e-15)
 
+
+
+def _encounter_and_quiet_systems() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two 2-particle systems: opposite charges passing 0.04 apart at speed 1 (forces far above the clip of
+    100 near closest approach), and the same pair 10 apart at rest (forces 0.01, never clipped)."""
+    pos = torch.tensor([[[-0.3, 0.02, 0.0], [0.3, -0.02, 0.0]], [[-5.0, 0.0, 0.0], [5.0, 0.0, 0.0]]], dtype=torch.float64)
+    vel = torch.tensor([[[0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]], dtype=torch.float64)
+    charge = torch.tensor([[[1.0], [-1.0]], [[1.0], [-1.0]]], dtype=torch.float64)
+    return pos, vel, charge
+
+
+def test_clipped_dynamics_depend_on_orientation_only_beyond_axis_permutations() -> None:
+    """Why exact models have a floor: component-wise clipping commutes with signed axis permutations (exactly)
+    but not with a general rotation, which changes where a clipped encounter ends up."""
+    pos, vel, charge = _encounter_and_quiet_systems()
+    end = lambda p, v: integrate(p, v, charge, n_frames=10)["loc"][:, -1]  # noqa: E731
+    reference = end(pos, vel)
+    perm = torch.tensor([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)
+    assert torch.equal(end(pos @ perm.T, vel @ perm.T) @ perm, reference)
+    c, s = math.cos(0.3), math.sin(0.3)
+    turn = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    moved = ((end(pos @ turn.T, vel @ turn.T) @ turn - reference) ** 2).sum((1, 2))
+    assert moved[0] > 1e-4 and moved[1] < 1e-20
+
+
+def test_orientation_spread_is_zero_without_clipping_and_seeded() -> None:
+    pos, vel, charge = _encounter_and_quiet_systems()
+    spread = orientation_spread(pos, vel, charge, orientations=6)
+    assert spread.shape == (2,) and spread.dtype == torch.float64
+    assert spread[0] > 1e-5 and spread[1] < 1e-20
+    unclipped = orientation_spread(pos, vel, charge, NBodyConfig(clip=1e12), orientations=6)
+    assert unclipped.max() < 1e-12  # without the clip the dynamics are E(3)-equivariant: nothing to spread
+    assert torch.equal(orientation_spread(pos, vel, charge, orientations=6), spread)
+    assert not torch.equal(orientation_spread(pos, vel, charge, orientations=6, seed=1), spread)
+    with pytest.raises(ValueError, match="orientations >= 2"):
+        orientation_spread(pos, vel, charge, orientations=1)
 
 def test_initial_state_distribution() -> None:
     init = sample_initial_state(400, 5, speed=0.5, seed=0)

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from .. import checkpoint
-from ..data.nbody import NBodyConfig, NBodyDataset, load_nbody
+from ..data.nbody import NBodyConfig, NBodyDataset, load_nbody, orientation_spread
 from ..frames import random_group_element
 from ..nn.gnn import closest_approach
 from ..testing import equivariance_error, transform_inputs
@@ -188,9 +188,26 @@ class NBodyObjective:
         return {"loss": F.mse_loss(pred, target)}
 
 
+def _data_config(cfg: NBodyBenchConfig) -> NBodyConfig:
+    return NBodyConfig(n_train=cfg.n_train, n_valid=cfg.n_valid, n_test=cfg.n_test)
+
+
 def _datasets(cfg: NBodyBenchConfig) -> dict[str, NBodyDataset]:
-    data_cfg = NBodyConfig(n_train=cfg.n_train, n_valid=cfg.n_valid, n_test=cfg.n_test)
-    return {split: load_nbody(cfg.data_root, split, data_cfg, source=cfg.source) for split in ("train", "valid", "test")}
+    return {split: load_nbody(cfg.data_root, split, _data_config(cfg), source=cfg.source) for split in ("train", "valid", "test")}
+
+
+#: random O(3) orientations per test system in the orientation floor (see :func:`orientation_floor`)
+FLOOR_ORIENTATIONS = 16
+
+
+def orientation_floor(data: NBodyDataset, config: NBodyConfig) -> dict[str, float | int]:
+    """The lowest test MSE an exactly E(3)-equivariant model can reach on ``data``: the mean over its systems
+    of :func:`~geocanon.data.nbody.orientation_spread` (the simulator clips force components in its own axes),
+    with ``FLOOR_ORIENTATIONS`` seeded O(3) orientations, and the share of systems whose outcome depends on
+    the orientation at all (variance > 1e-6)."""
+    spread = orientation_spread(data.pos, data.vel, data.charge, config, orientations=FLOOR_ORIENTATIONS)
+    return {"test_mse": spread.mean().item(), "systems_affected": (spread > 1e-6).double().mean().item(),
+            "orientations": FLOOR_ORIENTATIONS}  # fmt: skip
 
 
 def system_errors(model: nn.Module, data: NBodyDataset, batch_size: int = 500) -> Tensor:
@@ -305,7 +322,7 @@ def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str,
     return summary
 
 
-def _markdown(cfg: NBodyBenchConfig, summary: list[dict[str, Any]], complete: bool) -> str:
+def _markdown(cfg: NBodyBenchConfig, summary: list[dict[str, Any]], floor: dict[str, Any], complete: bool) -> str:
     status = "complete" if complete else "PARTIAL (still running or interrupted; rows so far)"
     cols = ["method", "seeds", "test_mse_mean", "test_mse_std", "worst5_share_mean", "encounter_share_mean",
             "mse_without_encounters_mean", "equivariance_error_max", "parameters",
@@ -323,6 +340,11 @@ def _markdown(cfg: NBodyBenchConfig, summary: list[dict[str, Any]], complete: bo
         f"at constant velocity over the horizon ({summary[0]['encounter_fraction']:.1%} of the test systems), "
         f"mse_without_encounters = the MSE of the others; equivariance "
         f"error = max over runs of ‖f(g·x) − g·f(x)‖/‖g·f(x)‖ over random E(3) elements (float32).{ensemble_note}\n\n"
+        f"Orientation floor: the simulator clips each force *component* in its own axes, so a close encounter's "
+        f"outcome depends on the system's orientation ({floor['systems_affected']:.1%} of the test systems); the "
+        f"lowest test MSE any exactly E(3)-equivariant model can reach is **{floor['test_mse']:.5f}** (the variance "
+        f"of each test system's re-simulated target over {floor['orientations']} random O(3) orientations; "
+        f"`orientation_floor` in the JSON).\n\n"
         + markdown_table(summary, cols)
         + "\n\nPublished test MSE on the same protocol (for comparison):\n\n| model | MSE |\n|---|---|\n" + published + "\n"
     )
@@ -335,6 +357,7 @@ def run(cfg: NBodyBenchConfig, resume: bool = False, finished_only: bool = False
     with every seed) — a snapshot of trainings still going on elsewhere."""
     start = time.perf_counter()
     data = _datasets(cfg)
+    floor = orientation_floor(data["test"], _data_config(cfg))
     rows: list[dict[str, Any]] = []
     best: float | None = None
     ensembles = cfg.ensemble and len(cfg.seeds) > 1
@@ -351,21 +374,22 @@ def run(cfg: NBodyBenchConfig, resume: bool = False, finished_only: bool = False
             if method in SAVED_METHODS and (best is None or row["best_val_mse"] < best):
                 best = row["best_val_mse"]  # saved as it improves, so an interrupted run still has its checkpoint
                 checkpoint.save(cfg.checkpoint, model, meta={"benchmark": "nbody", "row": row, "config": asdict(cfg)})
-            payload = _payload(cfg, rows, best, time.perf_counter() - start, complete=len(rows) == total)
-            write_results(cfg.results, payload, _markdown(cfg, payload["summary"], payload["complete"]))
+            payload = _payload(cfg, rows, best, floor, time.perf_counter() - start, complete=len(rows) == total)
+            write_results(cfg.results, payload, _markdown(cfg, payload["summary"], floor, payload["complete"]))
     for method in [m for m in cfg.methods if len(models[m]) == len(cfg.seeds)] if ensembles else []:
         rows.append(_ensemble_row(method, models[method], [r for r in rows if r["method"] == method], data))
-        payload = _payload(cfg, rows, best, time.perf_counter() - start, complete=len(rows) == total)
-        write_results(cfg.results, payload, _markdown(cfg, payload["summary"], payload["complete"]))
+        payload = _payload(cfg, rows, best, floor, time.perf_counter() - start, complete=len(rows) == total)
+        write_results(cfg.results, payload, _markdown(cfg, payload["summary"], floor, payload["complete"]))
     return payload
 
 
-def _payload(cfg: NBodyBenchConfig, rows: list[dict[str, Any]], best: Any, wall: float, complete: bool) -> dict[str, Any]:
+def _payload(cfg: NBodyBenchConfig, rows: list[dict[str, Any]], best: Any, floor: dict[str, Any], wall: float, complete: bool) -> dict[str, Any]:
     return {
         "benchmark": "nbody",
         "complete": complete,
         "checkpoint": cfg.checkpoint if best is not None else None,
         "config": asdict(cfg),
+        "orientation_floor": floor,
         "summary": _summarise(rows, cfg.methods + [f"{m}-ensemble" for m in cfg.methods]),
         "runs": rows,
         "published": PUBLISHED,

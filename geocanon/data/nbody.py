@@ -42,6 +42,7 @@ __all__ = [
     "sample_initial_state",
     "integrate",
     "simulate",
+    "orientation_spread",
     "nbody_cache_path",
     "generate_nbody",
     "load_nbody",
@@ -287,6 +288,57 @@ def simulate(
         init["pos"], init["vel"], init["charge"], n_frames=n_frames, dt=dt, record_every=record_every, clip=clip
     )
 
+
+def orientation_spread(
+    pos: torch.Tensor,
+    vel: torch.Tensor,
+    charge: torch.Tensor,
+    config: NBodyConfig = NBodyConfig(),
+    *,
+    orientations: int = 16,
+    reflections: bool = True,
+    seed: int = 0,
+) -> torch.Tensor:
+    """How much the simulator's outcome depends on how its input is oriented: [S] variance per system.
+
+    The published force law clips each Cartesian *component* of the force, so in a close encounter
+    (a component above ``clip``) the trajectory depends on the system's orientation with respect to the
+    axes: the dynamics are equivariant under the 48 signed axis permutations but not under all rotations.
+    Each system's input state (``pos``, ``vel`` at ``config.frame_in``) is turned by ``orientations``
+    random elements R of O(3) (SO(3) without ``reflections``; seeded, the global RNG is untouched),
+    integrated to ``config.frame_out`` with ``config``'s integrator, and turned back (Rᵀ y); returned is
+    the unbiased variance over R of those target positions, averaged over particles and coordinates.
+
+    Its mean over systems is the lowest expected test MSE any exactly E(3)- (O(3)-) equivariant predictor
+    can reach on inputs in uniformly random orientations: such a predictor must give every orientation of
+    a system the same turned-back answer, at best their mean. Translations change nothing (forces depend on
+    differences only).
+
+    Args:
+        pos, vel: [S, N, 3] input states; charge: [S, N, 1].
+        config: the data's protocol (``dt``, ``record_every``, ``clip``, ``frame_in``, ``frame_out``).
+        orientations: number of random orientations per system (>= 2).
+        reflections: sample from O(3) (True) or SO(3).
+        seed: seed of the orientations.
+
+    Returns:
+        [S] float64 variances (0 up to rounding for systems whose forces never reach ``clip``).
+    """
+    from ..frames import random_rotation  # frames sit below data in the layout; imported where used
+
+    if orientations < 2:
+        raise ValueError(f"orientation_spread needs orientations >= 2 to estimate a variance, got {orientations}")
+    generator = torch.Generator().manual_seed(seed)
+    pos, vel = pos.to(torch.float64), vel.to(torch.float64)
+    outcomes = []
+    for _ in range(orientations):
+        rot = random_rotation(pos.shape[0], reflections, torch.float64, None, generator)  # [S, 3, 3]
+        turned = integrate(
+            pos @ rot.transpose(1, 2), vel @ rot.transpose(1, 2), charge, n_frames=config.frame_out - config.frame_in,
+            dt=config.dt, record_every=config.record_every, clip=config.clip,
+        )["loc"][:, -1]  # fmt: skip
+        outcomes.append(turned @ rot)  # back to the input's orientation
+    return torch.stack(outcomes).var(0, unbiased=True).mean((1, 2))
 
 def nbody_cache_path(root: str | os.PathLike[str], split: str, config: NBodyConfig = NBodyConfig()) -> Path:
     """Cache file ``<root>/nbody_<split>_<hash>.npz``, hash = sha256 of ``config.generation_key(split)``."""
