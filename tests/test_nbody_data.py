@@ -173,6 +173,12 @@ def test_orientation_spread_is_zero_without_clipping_and_seeded() -> None:
     assert not torch.equal(orientation_spread(pos, vel, charge, orientations=6, seed=1), spread)
     with pytest.raises(ValueError, match="orientations >= 2"):
         orientation_spread(pos, vel, charge, orientations=1)
+    with pytest.raises(ValueError, match=r"orientation_spread: pos has NaN/Inf in system\(s\) \[1\]"):
+        orientation_spread(pos.index_put((torch.tensor(1), torch.tensor(0), torch.tensor(2)), torch.tensor(float("nan"), dtype=torch.float64)), vel, charge)
+    with pytest.raises(ValueError, match="orientation_spread: pos must be"):
+        orientation_spread(pos[..., :2], vel[..., :2], charge)
+    with pytest.raises(ValueError, match="orientation_spread: vel must be finite"):
+        orientation_spread(pos, vel[:, :1], charge)
 
 def test_initial_state_distribution() -> None:
     init = sample_initial_state(400, 5, speed=0.5, seed=0)

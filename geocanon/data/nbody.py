@@ -326,6 +326,9 @@ def orientation_spread(
     """
     from ..frames import random_rotation  # frames sit below data in the layout; imported where used
 
+    _check_system(pos, charge, "orientation_spread")
+    if vel.shape != pos.shape or not torch.isfinite(vel).all():
+        raise ValueError(f"orientation_spread: vel must be finite with the shape of pos {tuple(pos.shape)}, got {tuple(vel.shape)}")
     if orientations < 2:
         raise ValueError(f"orientation_spread needs orientations >= 2 to estimate a variance, got {orientations}")
     generator = torch.Generator().manual_seed(seed)
