@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from geocanon import checkpoint
-from geocanon.bench.nbody import METHODS, SAVED_METHODS, NBodyBenchConfig, model_spec, run
+from geocanon.bench.nbody import METHODS, SAVED_METHODS, NBodyBenchConfig, floor_breakdown, model_spec, orientation_floor, run
 from geocanon.cli import main
 from geocanon.data.nbody import NBodyConfig, load_nbody
 from geocanon.testing import equivariance_error
@@ -47,6 +47,9 @@ def test_every_method_trains_and_is_reported(smoke):
     floor = saved["orientation_floor"]
     assert floor["orientations"] == 16 and 0.0 <= floor["systems_affected"] <= 1.0 and floor["test_mse"] >= 0.0
     assert f"{floor['test_mse']:.5f}" in open(cfg.results + ".md").read()
+    for row in payload["runs"]:
+        assert row["excess_over_floor"] == pytest.approx(row["test_mse"] - floor["test_mse"], rel=1e-6, abs=1e-12)
+        assert 0.0 <= row["orientation_dependent_share"] <= 1.0
 
 
 def test_trained_checkpoint_is_equivariant_and_evaluates(smoke, capsys):
@@ -144,6 +147,16 @@ def test_worst_share_of_the_error():
     assert worst_share(torch.ones(100)) == pytest.approx(0.05)
     assert worst_share(torch.tensor([3.0, 1.0]), fraction=0.05) == pytest.approx(0.75)  # at least one system
 
+
+
+def test_floor_breakdown_by_hand():
+    errors = torch.tensor([1.0, 3.0, 0.0, 4.0])
+    spread = torch.tensor([0.5, 0.0, 1e-9, 1.5])  # systems 0 and 3 depend on the orientation
+    out = floor_breakdown(errors, spread)
+    assert out["orientation_dependent_share"] == pytest.approx(5.0 / 8.0)
+    assert out["excess_over_floor"] == pytest.approx(2.0 - 0.5)
+    floor = orientation_floor(spread)
+    assert floor["test_mse"] == pytest.approx(0.5) and floor["systems_affected"] == pytest.approx(0.5)
 
 def test_encounter_distance_and_breakdown():
     """System 0: opposite charges 2 apart pass each other at closest distance 0.3 (t* = 0.5); a like-charged pair

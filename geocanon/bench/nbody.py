@@ -198,16 +198,30 @@ def _datasets(cfg: NBodyBenchConfig) -> dict[str, NBodyDataset]:
 
 #: random O(3) orientations per test system in the orientation floor (see :func:`orientation_floor`)
 FLOOR_ORIENTATIONS = 16
+#: a system's outcome "depends on its orientation" when its orientation spread exceeds this (MSE units)
+ORIENTATION_DEPENDENT = 1e-6
 
 
-def orientation_floor(data: NBodyDataset, config: NBodyConfig) -> dict[str, float | int]:
-    """The lowest test MSE an exactly E(3)-equivariant model can reach on ``data``: the mean over its systems
-    of :func:`~geocanon.data.nbody.orientation_spread` (the simulator clips force components in its own axes),
-    with ``FLOOR_ORIENTATIONS`` seeded O(3) orientations, and the share of systems whose outcome depends on
-    the orientation at all (variance > 1e-6)."""
-    spread = orientation_spread(data.pos, data.vel, data.charge, config, orientations=FLOOR_ORIENTATIONS)
-    return {"test_mse": spread.mean().item(), "systems_affected": (spread > 1e-6).double().mean().item(),
+def system_spread(data: NBodyDataset, config: NBodyConfig) -> Tensor:
+    """[S] :func:`~geocanon.data.nbody.orientation_spread` of ``data``'s systems, ``FLOOR_ORIENTATIONS`` orientations, seed 0."""
+    return orientation_spread(data.pos, data.vel, data.charge, config, orientations=FLOOR_ORIENTATIONS)
+
+
+def orientation_floor(spread: Tensor) -> dict[str, float | int]:
+    """The lowest test MSE an exactly E(3)-equivariant model can reach (the mean of ``spread`` [S], see
+    :func:`system_spread`: the simulator clips force components in its own axes) and the share of systems
+    whose outcome depends on the orientation at all."""
+    return {"test_mse": spread.mean().item(), "systems_affected": (spread > ORIENTATION_DEPENDENT).double().mean().item(),
             "orientations": FLOOR_ORIENTATIONS}  # fmt: skip
+
+
+def floor_breakdown(errors: Tensor, spread: Tensor) -> dict[str, float]:
+    """How a model's error ``errors`` [S] relates to the floor: the share of its squared error in the systems whose
+    outcome depends on the orientation, and its test MSE minus the floor (what exactness does not forbid)."""
+    errors = errors.double()
+    dependent = spread > ORIENTATION_DEPENDENT
+    return {"orientation_dependent_share": (errors[dependent].sum() / errors.sum()).item(),
+            "excess_over_floor": (errors.mean() - spread.mean()).item()}  # fmt: skip
 
 
 def system_errors(model: nn.Module, data: NBodyDataset, batch_size: int = 500) -> Tensor:
@@ -254,8 +268,9 @@ def encounter_breakdown(errors: Tensor, distance: Tensor) -> dict[str, float]:
             "mse_without_encounters": errors[~meets].mean().item()}  # fmt: skip
 
 
-def measure(model: nn.Module, data: NBodyDataset) -> dict[str, float]:
-    """Test MSE, relative E(3) equivariance error (on up to 500 test systems) and ms per batch of 100."""
+def measure(model: nn.Module, data: NBodyDataset, spread: Tensor | None = None) -> dict[str, float]:
+    """Test MSE, relative E(3) equivariance error (on up to 500 test systems), ms per batch of 100 and where the
+    error is (:func:`encounter_breakdown`; given the systems' orientation ``spread`` [S], :func:`floor_breakdown`)."""
     model.eval()
     n = min(500, len(data))
     err = equivariance_error(
@@ -266,14 +281,15 @@ def measure(model: nn.Module, data: NBodyDataset) -> dict[str, float]:
     errors = system_errors(model, data)
     return {"test_mse": errors.double().mean().item(), "worst5_share": worst_share(errors), "equivariance_error": err,
             "inference_ms_per_100": 1000 * seconds,
-            **encounter_breakdown(errors, encounter_distance(data, NBodyConfig().horizon))}  # fmt: skip
+            **encounter_breakdown(errors, encounter_distance(data, NBodyConfig().horizon)),
+            **({} if spread is None else floor_breakdown(errors, spread))}  # fmt: skip
 
 
 def _run_dir(cfg: NBodyBenchConfig, method: str, seed: int) -> Path:
     return Path(cfg.run_dir) / method / f"seed{seed}"
 
 
-def _train_one(method: str, seed: int, cfg: NBodyBenchConfig, data: dict[str, NBodyDataset], resume: bool) -> tuple[nn.Module, dict[str, Any]]:
+def _train_one(method: str, seed: int, cfg: NBodyBenchConfig, data: dict[str, NBodyDataset], spread: Tensor, resume: bool) -> tuple[nn.Module, dict[str, Any]]:
     torch.manual_seed(seed)
     model = checkpoint.build(model_spec(method, cfg))
     generator = torch.Generator().manual_seed(seed)
@@ -282,18 +298,18 @@ def _train_one(method: str, seed: int, cfg: NBodyBenchConfig, data: dict[str, NB
     result = fit(model, NBodyObjective(method == "augment", cfg.input_noise), train, valid, train_config(cfg, seed), _run_dir(cfg, method, seed), resume)
     row = {"method": method, "seed": seed, "best_val_mse": result.best_val_loss, "best_epoch": result.best_epoch,
            "epochs_run": result.epochs_run, "train_time_s": result.train_time_s, "parameters": count_parameters(model)}
-    row.update(measure(model, data["test"]))
+    row.update(measure(model, data["test"], spread))
     return model, row
 
 
-def _ensemble_row(method: str, models: list[nn.Module], rows: list[dict[str, Any]], data: dict[str, NBodyDataset]) -> dict[str, Any]:
+def _ensemble_row(method: str, models: list[nn.Module], rows: list[dict[str, Any]], data: dict[str, NBodyDataset], spread: Tensor) -> dict[str, Any]:
     """The row of the mean of ``models`` (one method's seed models, whose rows are ``rows``): validation and test
     measured on the ensemble itself; parameters and training time are the members' sums."""
     ensemble = Ensemble(models)
     row = {"method": f"{method}-ensemble", "seed": [r["seed"] for r in rows], "best_val_mse": test_mse(ensemble, data["valid"]),
            "best_epoch": None, "epochs_run": rows[0]["epochs_run"], "train_time_s": sum(r["train_time_s"] for r in rows),
            "parameters": count_parameters(ensemble)}  # fmt: skip
-    row.update(measure(ensemble, data["test"]))
+    row.update(measure(ensemble, data["test"], spread))
     return row
 
 
@@ -314,6 +330,8 @@ def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str,
             "encounter_fraction": runs[0]["encounter_fraction"],  # of the test systems: the same for every run
             "encounter_share_mean": mean_std([r["encounter_share"] for r in runs])[0],
             "mse_without_encounters_mean": mean_std([r["mse_without_encounters"] for r in runs])[0],
+            "excess_over_floor_mean": mean_std([r["excess_over_floor"] for r in runs])[0],
+            "orientation_dependent_share_mean": mean_std([r["orientation_dependent_share"] for r in runs])[0],
             "parameters": runs[0]["parameters"],
             "train_time_s_mean": mean_std([r["train_time_s"] for r in runs])[0],
             "inference_ms_per_100": mean_std([r["inference_ms_per_100"] for r in runs])[0],
@@ -325,7 +343,7 @@ def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str,
 def _markdown(cfg: NBodyBenchConfig, summary: list[dict[str, Any]], floor: dict[str, Any], complete: bool) -> str:
     status = "complete" if complete else "PARTIAL (still running or interrupted; rows so far)"
     cols = ["method", "seeds", "test_mse_mean", "test_mse_std", "worst5_share_mean", "encounter_share_mean",
-            "mse_without_encounters_mean", "equivariance_error_max", "parameters",
+            "mse_without_encounters_mean", "excess_over_floor_mean", "orientation_dependent_share_mean", "equivariance_error_max", "parameters",
             "train_time_s_mean", "inference_ms_per_100", "epochs"]
     published = "\n".join(f"| {k} | {v} |" for k, v in PUBLISHED.items())
     ensemble_note = ""
@@ -344,7 +362,8 @@ def _markdown(cfg: NBodyBenchConfig, summary: list[dict[str, Any]], floor: dict[
         f"outcome depends on the system's orientation ({floor['systems_affected']:.1%} of the test systems); the "
         f"lowest test MSE any exactly E(3)-equivariant model can reach is **{floor['test_mse']:.5f}** (the variance "
         f"of each test system's re-simulated target over {floor['orientations']} random O(3) orientations; "
-        f"`orientation_floor` in the JSON).\n\n"
+        f"`orientation_floor` in the JSON); excess_over_floor = test MSE minus that floor, orientation_dependent_share = "
+        f"the share of the squared error in those systems.\n\n"
         + markdown_table(summary, cols)
         + "\n\nPublished test MSE on the same protocol (for comparison):\n\n| model | MSE |\n|---|---|\n" + published + "\n"
     )
@@ -357,7 +376,8 @@ def run(cfg: NBodyBenchConfig, resume: bool = False, finished_only: bool = False
     with every seed) — a snapshot of trainings still going on elsewhere."""
     start = time.perf_counter()
     data = _datasets(cfg)
-    floor = orientation_floor(data["test"], _data_config(cfg))
+    spread = system_spread(data["test"], _data_config(cfg))
+    floor = orientation_floor(spread)
     rows: list[dict[str, Any]] = []
     best: float | None = None
     ensembles = cfg.ensemble and len(cfg.seeds) > 1
@@ -367,7 +387,7 @@ def run(cfg: NBodyBenchConfig, resume: bool = False, finished_only: bool = False
         for method in cfg.methods:
             if finished_only and not (_run_dir(cfg, method, seed) / "result.json").is_file():
                 continue
-            model, row = _train_one(method, seed, cfg, data, resume or finished_only)
+            model, row = _train_one(method, seed, cfg, data, spread, resume or finished_only)
             rows.append(row)
             if ensembles:
                 models[method].append(model)
@@ -377,7 +397,7 @@ def run(cfg: NBodyBenchConfig, resume: bool = False, finished_only: bool = False
             payload = _payload(cfg, rows, best, floor, time.perf_counter() - start, complete=len(rows) == total)
             write_results(cfg.results, payload, _markdown(cfg, payload["summary"], floor, payload["complete"]))
     for method in [m for m in cfg.methods if len(models[m]) == len(cfg.seeds)] if ensembles else []:
-        rows.append(_ensemble_row(method, models[method], [r for r in rows if r["method"] == method], data))
+        rows.append(_ensemble_row(method, models[method], [r for r in rows if r["method"] == method], data, spread))
         payload = _payload(cfg, rows, best, floor, time.perf_counter() - start, complete=len(rows) == total)
         write_results(cfg.results, payload, _markdown(cfg, payload["summary"], floor, payload["complete"]))
     return payload
