@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..frames import random_rotation
+
 __all__ = [
     "SPLITS",
     "NBodyConfig",
@@ -324,8 +326,6 @@ def orientation_spread(
     Returns:
         [S] float64 variances (0 up to rounding for systems whose forces never reach ``clip``).
     """
-    from ..frames import random_rotation  # frames sit below data in the layout; imported where used
-
     _check_system(pos, charge, "orientation_spread")
     if vel.shape != pos.shape or not torch.isfinite(vel).all():
         raise ValueError(f"orientation_spread: vel must be finite with the shape of pos {tuple(pos.shape)}, got {tuple(vel.shape)}")
