@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from geocanon import checkpoint
 from geocanon.bench.nbody import METHODS, SAVED_METHODS, NBodyBenchConfig, floor_breakdown, model_spec, orientation_floor, run
@@ -138,6 +139,16 @@ def test_finished_only_reports_finished_runs_without_training(smoke):
         assert after["test_mse"] == pytest.approx(before["test_mse"], rel=1e-6)
     assert not any(Path(cfg.run_dir, m, "seed1").exists() for m in METHODS)
     assert "PARTIAL" in Path(results + ".md").read_text()
+
+
+def test_finished_only_from_the_command_line(smoke, tmp_path, capsys):
+    cfg, _ = smoke
+    config = tmp_path / "snapshot.yaml"
+    values = {**asdict(cfg), "results": str(tmp_path / "snapshot"), "checkpoint": str(tmp_path / "snapshot.pt")}
+    config.write_text(yaml.safe_dump(values))
+    assert main(["bench", "nbody", "--config", str(config), "--seeds", "0", "1", "--finished-only", "--no-progress"]) == 1
+    assert "PARTIAL" in capsys.readouterr().out
+    assert not any(Path(cfg.run_dir, m, "seed1").exists() for m in METHODS)
 
 def test_worst_share_of_the_error():
     from geocanon.bench.nbody import worst_share
