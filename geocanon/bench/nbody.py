@@ -202,14 +202,9 @@ FLOOR_ORIENTATIONS = 16
 ORIENTATION_DEPENDENT = 1e-6
 
 
-def system_spread(data: NBodyDataset, config: NBodyConfig) -> Tensor:
-    """[S] :func:`~geocanon.data.nbody.orientation_spread` of ``data``'s systems, ``FLOOR_ORIENTATIONS`` orientations, seed 0."""
-    return orientation_spread(data.pos, data.vel, data.charge, config, orientations=FLOOR_ORIENTATIONS)
-
-
 def orientation_floor(spread: Tensor) -> dict[str, float | int]:
-    """The lowest test MSE an exactly E(3)-equivariant model can reach (the mean of ``spread`` [S], see
-    :func:`system_spread`: the simulator clips force components in its own axes) and the share of systems
+    """The lowest test MSE an exactly E(3)-equivariant model can reach (the mean of ``spread`` [S], the systems'
+    :func:`~geocanon.data.nbody.orientation_spread`: the simulator clips force components in its own axes) and the share of systems
     whose outcome depends on the orientation at all."""
     return {"test_mse": spread.mean().item(), "systems_affected": (spread > ORIENTATION_DEPENDENT).double().mean().item(),
             "orientations": FLOOR_ORIENTATIONS}  # fmt: skip
@@ -268,9 +263,9 @@ def encounter_breakdown(errors: Tensor, distance: Tensor) -> dict[str, float]:
             "mse_without_encounters": errors[~meets].mean().item()}  # fmt: skip
 
 
-def measure(model: nn.Module, data: NBodyDataset, spread: Tensor | None = None) -> dict[str, float]:
+def measure(model: nn.Module, data: NBodyDataset, spread: Tensor) -> dict[str, float]:
     """Test MSE, relative E(3) equivariance error (on up to 500 test systems), ms per batch of 100 and where the
-    error is (:func:`encounter_breakdown`; given the systems' orientation ``spread`` [S], :func:`floor_breakdown`)."""
+    error is (:func:`encounter_breakdown`, and :func:`floor_breakdown` with the systems' orientation ``spread`` [S])."""
     model.eval()
     n = min(500, len(data))
     err = equivariance_error(
@@ -282,7 +277,7 @@ def measure(model: nn.Module, data: NBodyDataset, spread: Tensor | None = None) 
     return {"test_mse": errors.double().mean().item(), "worst5_share": worst_share(errors), "equivariance_error": err,
             "inference_ms_per_100": 1000 * seconds,
             **encounter_breakdown(errors, encounter_distance(data, NBodyConfig().horizon)),
-            **({} if spread is None else floor_breakdown(errors, spread))}  # fmt: skip
+            **floor_breakdown(errors, spread)}  # fmt: skip
 
 
 def _run_dir(cfg: NBodyBenchConfig, method: str, seed: int) -> Path:
@@ -376,7 +371,8 @@ def run(cfg: NBodyBenchConfig, resume: bool = False, finished_only: bool = False
     with every seed) — a snapshot of trainings still going on elsewhere."""
     start = time.perf_counter()
     data = _datasets(cfg)
-    spread = system_spread(data["test"], _data_config(cfg))
+    test = data["test"]
+    spread = orientation_spread(test.pos, test.vel, test.charge, _data_config(cfg), orientations=FLOOR_ORIENTATIONS)
     floor = orientation_floor(spread)
     rows: list[dict[str, Any]] = []
     best: float | None = None
