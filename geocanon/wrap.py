@@ -229,6 +229,11 @@ class FrameAveraged(_FeatureRouting):
         # not persistent: rebuilt identically from `orientations`, so checkpoints without it still load
         self.register_buffer("turns", fixed_turns(orientations), persistent=False)
 
+    def set_orientations(self, orientations: int) -> None:
+        """Average over ``orientations`` fixed orientations of every frame from now on (the same turns as
+        ``FrameAveraged(..., orientations=M)``; e.g. to evaluate a trained model with more of them)."""
+        self.turns = fixed_turns(orientations).to(self.turns.device)
+
     def forward(self, pos: Tensor, *, mask: Tensor | None = None, **features: Tensor) -> Tensor:
         """(Weighted) average of the mapped-back backbone outputs over the frames: same shapes as the backbone's."""
         vectors, scalars = self._split(features)

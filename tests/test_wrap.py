@@ -196,6 +196,10 @@ def test_orientations_average_every_frame_in_fixed_turns_exactly(group, output, 
     assert torch.equal(FrameAveraged(PointMLP(per_point=per_point), orientations=3, **kw).turns, model.turns)
     assert "turns" not in model.state_dict()
     single.load_state_dict(model.state_dict())
+    single.set_orientations(3)  # re-set on a built model: the same turns, the same outputs
+    assert torch.equal(single.turns, model.turns) and torch.equal(single(pos), model(pos))
+    with pytest.raises(ValueError, match="orientations"):
+        single.set_orientations(0)
 
 
 def test_orientations_leave_sampled_training_alone_and_reject_bad_counts():

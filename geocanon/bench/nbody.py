@@ -33,7 +33,7 @@ from ..data.nbody import NBodyConfig, NBodyDataset, load_nbody, orientation_spre
 from ..frames import random_group_element
 from ..nn.gnn import closest_approach
 from ..testing import equivariance_error, transform_inputs
-from ..wrap import Ensemble, FrameAveraged, check_orientations, check_train_frames, fixed_turns
+from ..wrap import Ensemble, FrameAveraged, check_orientations, check_train_frames
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_per_call
 from .harness import HardwareSettings, fit, train_config
 from .results import markdown_table, provenance, write_results
@@ -423,7 +423,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | Path, orientations: in
         if not averaged:
             raise ValueError(f"orientations apply to frame-averaged models; {path} holds none")
         for module in averaged:
-            module.turns = fixed_turns(orientations)
+            module.set_orientations(orientations)
     data_dir = Path(data_dir)
     caches = sorted(data_dir.glob("nbody_test_*.npz"))
     if any(data_dir.glob("loc_test_*.npy")):
