@@ -197,7 +197,7 @@ class FrameAveraged(_FeatureRouting):
     rotation (with reflections where the group has them), so the backbone sees each training cloud, about
     the frame's origin (the centroid for SE3/E3), in a uniformly random orientation: random-rotation
     augmentation, with all K frames averaged at evaluation as ever. On the N-body benchmark this
-    generalises better than training through the frames themselves (benchmarks/results/nbody.md).
+    generalises better than training through the frames themselves (docs/architecture.md).
 
     ``orientations=M`` averages over M orientations of each frame wherever all frames are averaged
     (evaluation, and training with ``"all"``): the frames ``F_k Q_m`` with ``Q_0 = I`` and ``Q_1 … Q_{M-1}``
