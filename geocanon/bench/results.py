@@ -23,12 +23,19 @@ __all__ = ["provenance", "write_results", "markdown_table", "hardware", "RESULTS
 RESULTS_DIR = Path("benchmarks") / "results"
 
 
+#: folders that hold only what benchmarks write: their changes do not make the code of a run differ from its commit
+OUTPUT_DIRS = ("benchmarks/results", "benchmarks/checkpoints")
+
+
 def _git_commit() -> str:
-    """HEAD of the repository (``-dirty`` when changed); in a copy without ``.git`` (a GPU machine's copy of the
-    working tree), ``$GEOCANON_COMMIT`` as the caller states it, else "unknown"."""
+    """HEAD of the repository, ``-dirty`` when tracked files outside :data:`OUTPUT_DIRS` differ from it (a run's
+    own results and checkpoints, written before its provenance, do not count); in a copy without ``.git`` (a GPU
+    machine's copy of the working tree), ``$GEOCANON_COMMIT`` as the caller states it, else "unknown"."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        outputs = [f":(top,exclude){folder}" for folder in OUTPUT_DIRS]
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *outputs]
+        dirty = subprocess.run(status, capture_output=True, text=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("GEOCANON_COMMIT", "unknown")
