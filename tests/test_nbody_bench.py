@@ -157,6 +157,16 @@ def test_worst_share_of_the_error():
     assert worst_share(errors) == pytest.approx(0.5)
     assert worst_share(torch.ones(100)) == pytest.approx(0.05)
     assert worst_share(torch.tensor([3.0, 1.0]), fraction=0.05) == pytest.approx(0.75)  # at least one system
+    assert worst_share(torch.zeros(100)) == 0.0  # a model without error: no share, not 0/0
+
+
+def test_error_shares_of_a_model_without_error_are_zero_not_nan():
+    from geocanon.bench.nbody import encounter_breakdown
+
+    errors = torch.zeros(4)
+    assert encounter_breakdown(errors, torch.tensor([0.1, 1.0, 0.2, 2.0]))["encounter_share"] == 0.0
+    out = floor_breakdown(errors, torch.tensor([0.5, 0.0, 0.0, 1.5]))
+    assert out["orientation_dependent_share"] == 0.0 and out["excess_over_floor"] == pytest.approx(-0.5)
 
 
 

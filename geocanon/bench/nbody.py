@@ -210,12 +210,20 @@ def orientation_floor(spread: Tensor) -> dict[str, float | int]:
             "orientations": FLOOR_ORIENTATIONS}  # fmt: skip
 
 
+def error_share(errors: Tensor, selected: Tensor) -> float:
+    """Share of the total squared error ``errors`` [S] carried by the systems ``selected`` (bool [S] or indices);
+    0 for a model without error (nothing to share, rather than 0/0)."""
+    errors = errors.double()
+    total = errors.sum()
+    return (errors[selected].sum() / total).item() if total > 0 else 0.0
+
+
 def floor_breakdown(errors: Tensor, spread: Tensor) -> dict[str, float]:
     """How a model's error ``errors`` [S] relates to the floor: the share of its squared error in the systems whose
     outcome depends on the orientation, and its test MSE minus the floor (what exactness does not forbid)."""
     errors = errors.double()
     dependent = spread > ORIENTATION_DEPENDENT
-    return {"orientation_dependent_share": (errors[dependent].sum() / errors.sum()).item(),
+    return {"orientation_dependent_share": error_share(errors, dependent),
             "excess_over_floor": (errors.mean() - spread.mean()).item()}  # fmt: skip
 
 
@@ -237,8 +245,7 @@ def test_mse(model: nn.Module, data: NBodyDataset, batch_size: int = 500) -> flo
 
 def worst_share(errors: Tensor, fraction: float = 0.05) -> float:
     """Share of the total squared error carried by the worst ``fraction`` of the systems (``errors`` [S])."""
-    worst = errors.double().sort(descending=True).values[: max(1, round(fraction * len(errors)))]
-    return (worst.sum() / errors.double().sum()).item()
+    return error_share(errors, errors.argsort(descending=True)[: max(1, round(fraction * len(errors)))])
 
 
 #: a system "meets" when two opposite charges come closer than this at constant velocity within the horizon
@@ -259,7 +266,7 @@ def encounter_breakdown(errors: Tensor, distance: Tensor) -> dict[str, float]:
     share of the squared error they carry, and the MSE of the other systems (``errors``, ``distance``: [S])."""
     meets = distance < ENCOUNTER_DISTANCE
     errors = errors.double()
-    return {"encounter_fraction": meets.double().mean().item(), "encounter_share": (errors[meets].sum() / errors.sum()).item(),
+    return {"encounter_fraction": meets.double().mean().item(), "encounter_share": error_share(errors, meets),
             "mse_without_encounters": errors[~meets].mean().item()}  # fmt: skip
 
 
