@@ -258,12 +258,16 @@ def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys
         assert 0 <= row.get("frame_change_deg_median", 0) <= 180
         exact = row["method"] != "augment"
         assert (row["force_equivariance_error"] < 1e-3) == exact, (row["method"], row["force_equivariance_error"])
-    timing = entry["timing"]
-    assert set(timing["ms_per_structure"]) == set(METHODS) and all(t > 0 for t in timing["ms_per_structure"].values())
-    assert timing["time_ratio"]["frame-averaging"]["augment"] > 1  # 8 backbone calls against 1
+    for key, batch_size, structures in (("timing", 6, 6), ("latency", 1, 6)):  # 6 test structures: in one call / one at a time
+        timing = entry[key]
+        assert (timing["batch_size"], timing["structures"]) == (batch_size, structures)
+        assert set(timing["ms_per_structure"]) == set(METHODS) and all(t > 0 for t in timing["ms_per_structure"].values())
+        assert timing["time_ratio"]["frame-averaging"]["augment"] > 1  # 8 backbone calls against 1
     ckpt = payload["checkpoints"]["toy"]
     assert Path(ckpt).is_file() and entry["nve"]["steps"] == 3
-    assert (tmp_path / "results" / "molecules.md").read_text().count("| canonicalized |") == 2  # summary and timing tables
+    markdown = (tmp_path / "results" / "molecules.md").read_text()
+    assert markdown.count("| canonicalized |") == 3  # summary, timing and latency tables
+    assert "6 test structures in calls of 6;" in markdown and "6 test structures in calls of 1;" in markdown
     result = evaluate_checkpoint(ckpt, paths["test"])
     assert result["n"] == 6 and result["force_mae_mev_per_a"] > 0
 

@@ -118,8 +118,8 @@ def test_benchmark_trains_and_measures_nequip(trained):
     assert "frame_change_deg_median" not in row and "conditioning_frame" not in row
     (summary,) = entry["summary"]
     assert summary["equivariance_group"] == "E3" and summary["epochs"] == 2 and summary["frame_spearman"] is None
-    assert row["frames_per_structure"] == 1 and set(entry["timing"]["ms_per_structure"]) == {"nequip"}
-    assert (Path(cfg.results).parent / "molecules.md").read_text().count("| nequip |") == 2  # summary and timing tables
+    assert row["frames_per_structure"] == 1 and set(entry["timing"]["ms_per_structure"]) == set(entry["latency"]["ms_per_structure"]) == {"nequip"}
+    assert (Path(cfg.results).parent / "molecules.md").read_text().count("| nequip |") == 3  # summary, timing and latency tables
 
 
 def test_resume_of_a_finished_run_does_not_train_again(trained):

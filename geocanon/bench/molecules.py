@@ -76,6 +76,8 @@ SAVED_METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "can
                  "weighted-frames-mlp")
 #: methods from other packages (optional dependencies): run when named in ``methods``, never by default
 ANCHOR_METHODS = ("nequip",)
+#: structures timed one at a time per round for the batch-1 latency (the ASE calculator's case)
+LATENCY_STRUCTURES = 20
 
 
 @dataclass
@@ -357,18 +359,21 @@ def measure(model: nn.Module, data: MoleculeDataset, group: str = "E3") -> dict[
     return result
 
 
-def interleaved_timing(models: dict[str, nn.Module], data: MoleculeDataset, batch_size: int = 100, repeats: int = 7) -> dict[str, Any]:
-    """Inference time of several models timed in turn in one process (energy + forces of the same ``batch_size``
-    structures; :func:`~geocanon.bench.common.time_alternating`), so that a changing machine load affects them
-    alike: per method the median ms per structure, and its median per-round ratio to every other method."""
+def interleaved_timing(models: dict[str, nn.Module], data: MoleculeDataset, batch_size: int = 100, structures: int | None = None,
+                       repeats: int = 7) -> dict[str, Any]:
+    """Inference time of several models timed in turn in one process (energy + forces of the same ``structures``
+    test structures, default ``batch_size``, in calls of ``batch_size``; :func:`~geocanon.bench.common.time_alternating`),
+    so that a changing machine load affects them alike: per method the median ms per structure, and its median
+    per-round ratio to every other method. ``batch_size=1`` is the ASE calculator's case (molecular dynamics)."""
     names = list(models)
-    pos, numbers = data.pos[:batch_size], data.numbers[:batch_size]
+    count = min(structures or batch_size, len(data))
+    calls = [(data.pos[i:i + batch_size], data.numbers[i:i + batch_size]) for i in range(0, count, batch_size)]
     for model in models.values():
         model.eval()
-    times = time_alternating([lambda m=models[n]: m(pos, numbers) for n in names], repeats=repeats)
-    per_structure = {n: 1000 * statistics.median(t) / len(pos) for n, t in zip(names, times)}
+    times = time_alternating([lambda m=models[n]: [m(pos, numbers) for pos, numbers in calls] for n in names], repeats=repeats)
+    per_structure = {n: 1000 * statistics.median(t) / count for n, t in zip(names, times)}
     ratios = {a: {b: statistics.median(x / y for x, y in zip(ta, tb)) for b, tb in zip(names, times) if b != a} for a, ta in zip(names, times)}
-    return {"batch_size": len(pos), "repeats": repeats, "ms_per_structure": per_structure, "time_ratio": ratios}
+    return {"batch_size": min(batch_size, count), "structures": count, "repeats": repeats, "ms_per_structure": per_structure, "time_ratio": ratios}
 
 
 def _normalisation(train: MoleculeDataset) -> tuple[float, float]:
@@ -446,14 +451,13 @@ def _section(name: str, entry: dict[str, Any]) -> str:
             "parameters", "train_time_s_mean", "inference_ms_per_structure", "frames_per_structure", "epochs", "skewness_spearman", "frame_spearman", "frame_change_deg_median"]
     text = (f"## {name} — `{cfg['label']}` configuration — {status}\n\nData: {entry['data']}; {cfg['n_train']}/{cfg['n_valid']}/"
             f"{cfg['n_test']} train/valid/test frames, {cfg['max_epochs']} epochs max.\n\n" + markdown_table(entry["summary"], cols))
-    timing = entry.get("timing")
-    if timing:
+    for timing in filter(None, (entry.get("timing"), entry.get("latency"))):
         names = list(timing["ms_per_structure"])
         rows = [{"method": a, "ms_per_structure": timing["ms_per_structure"][a],
                  **{f"× {b}": timing["time_ratio"][a].get(b) for b in names}} for a in names]
         text += (f"\n\nInterleaved timing (seed-{timing['seed']} models timed in turn in one process, {timing['repeats']} rounds, "
-                 f"energy + forces of {timing['batch_size']} test structures; × m = median per-round time ratio to m):\n\n"
-                 + markdown_table(rows, ["method", "ms_per_structure"] + [f"× {b}" for b in names]))
+                 f"energy + forces of {timing.get('structures', timing['batch_size'])} test structures in calls of {timing['batch_size']}; "
+                 "× m = median per-round time ratio to m):\n\n" + markdown_table(rows, ["method", "ms_per_structure"] + [f"× {b}" for b in names]))
     nve = entry.get("nve")
     if nve:
         text += (f"\n\nNVE ({nve['method']} seed {nve['seed']}, float64, velocity Verlet {nve['timestep_fs']} fs for {nve['duration_ps']:.3g} ps "
@@ -481,7 +485,8 @@ def _markdown(payload: dict[str, Any]) -> str:
 
 
 def _payload(cfg: MoleculesBenchConfig, rows: list[dict[str, Any]], checkpoint_path: str | None, nve: dict[str, Any] | None,
-             data: str, wall: float, complete: bool, timing: dict[str, Any] | None = None) -> dict[str, Any]:
+             data: str, wall: float, complete: bool, timing: dict[str, Any] | None = None,
+             latency: dict[str, Any] | None = None) -> dict[str, Any]:
     """The results of every molecule in ``cfg.results`` so far, with this molecule's entry replaced."""
     import json
 
@@ -496,6 +501,7 @@ def _payload(cfg: MoleculesBenchConfig, rows: list[dict[str, Any]], checkpoint_p
         payload["checkpoints"][cfg.molecule] = checkpoint_path
     payload["molecules"][cfg.molecule] = {
         "complete": complete, "config": asdict(cfg), "data": data, "summary": _summarise(rows, cfg.methods), "runs": rows, "nve": nve, "timing": timing,
+        "latency": latency,
         "provenance": provenance(wall, cfg.seeds),
     }
     payload["complete"] = all(entry["complete"] for entry in payload["molecules"].values())
@@ -535,6 +541,7 @@ def run(cfg: MoleculesBenchConfig, resume: bool = False, nve_steps: int = 2000) 
             payload = _payload(cfg, rows, ckpt if best else None, None, described, time.perf_counter() - start, complete=False)
             write_results(cfg.results, payload, _markdown(payload))
     timing = {"seed": cfg.seeds[0], **interleaved_timing(first_seed_models, data["test"])}
+    latency = {"seed": cfg.seeds[0], **interleaved_timing(first_seed_models, data["test"], batch_size=1, structures=LATENCY_STRUCTURES)}
     nve = None
     if best is not None:
         test = data["test"]
@@ -542,7 +549,8 @@ def run(cfg: MoleculesBenchConfig, resume: bool = False, nve_steps: int = 2000) 
         atoms.calc = Calculator(ckpt)
         nve = nve_drift(atoms, steps=nve_steps)
         nve.update(start="test frame 0", method=best["method"], seed=best["seed"])
-    payload = _payload(cfg, rows, ckpt if best else None, nve, described, time.perf_counter() - start, complete=len(rows) == total, timing=timing)
+    payload = _payload(cfg, rows, ckpt if best else None, nve, described, time.perf_counter() - start, complete=len(rows) == total, timing=timing,
+                       latency=latency)
     write_results(cfg.results, payload, _markdown(payload))
     return payload
 
