@@ -16,11 +16,11 @@ import torch
 
 from geocanon import checkpoint
 from geocanon.data.molecules import one_hot_species
+from geocanon.frames import GROUPS
 from geocanon.testing import equivariance_error
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = sorted((ROOT / "benchmarks" / "checkpoints").rglob("*.pt"))
-GROUPS = ("SO3", "O3", "SE3", "E3")
 
 
 def _named_checkpoints() -> list[tuple[str, str | None, str]]:
