@@ -1,8 +1,9 @@
 """The models committed under benchmarks/checkpoints/ are what the result files say they are, and exact.
 
 Every result file that names a checkpoint under ``benchmarks/checkpoints/`` must name an existing file of
-the same benchmark, and for N-body and molecules a file holding one of the file's own runs (a renamed
-configuration that was not re-collected points at another configuration's model). Every committed model
+the same benchmark holding one of the file's own runs (a renamed configuration that was not re-collected
+points at another configuration's model; a later stage that overwrote a checkpoint leaves the earlier
+stage's file pointing at the later model). Every committed model
 is checked for exact equivariance/invariance under random elements of its own group in float32.
 """
 
@@ -47,14 +48,14 @@ def test_result_files_name_their_own_models(result_file: str, molecule: str | No
     assert (ROOT / named).is_file(), f"{result_file} names {named}, which is not committed"
     _, meta = checkpoint.load(ROOT / named)
     assert meta["benchmark"] == result["benchmark"]
-    if result["benchmark"] == "nbody":
-        runs = result["runs"]
-    elif result["benchmark"] == "molecules":
-        runs = result["molecules"][molecule]["runs"]
+    if result["benchmark"] == "shapes":  # the model's training facts are those of one of the file's rows
+        runs = result["results"]
+        facts = {"method": meta["method"], "backbone": meta["backbone"], **meta["facts"]}
+        own = {k: facts[k] for k in ("method", "backbone", "val_accuracy", "epochs", "train_time_s")}
     else:
-        return
-    keys = ("molecule", "method", "seed", "best_val_mse", "best_val_loss")
-    own = {k: meta["row"][k] for k in keys if k in meta["row"]}
+        runs = result["runs"] if result["benchmark"] == "nbody" else result["molecules"][molecule]["runs"]
+        keys = ("molecule", "method", "seed", "best_val_mse", "best_val_loss")
+        own = {k: meta["row"][k] for k in keys if k in meta["row"]}
     assert any(all(run.get(k) == v for k, v in own.items()) for run in runs), f"{named} holds {own}, not a run of {result_file}"
 
 
