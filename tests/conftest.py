@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from geocanon.testing import default_tolerance
+
 # Tests use tiny tensors: one intra-op thread avoids OpenMP spin contention (100x slowdowns were
 # measured with two threads on a loaded 2-core machine) and keeps timings stable.
 torch.set_num_threads(1)
@@ -35,8 +37,8 @@ def dtype(request) -> Iterator[torch.dtype]:
 
 
 def tolerance(dtype: torch.dtype) -> float:
-    """Relative equivariance tolerance: 1e-9 in float64, 1e-4 in float32 (the issue's bounds)."""
-    return 1e-9 if dtype == torch.float64 else 1e-4
+    """Relative equivariance tolerance: 1e-10 in float64, 2e-5 in float32 (:func:`geocanon.testing.default_tolerance`)."""
+    return default_tolerance(dtype)
 
 
 @pytest.fixture(autouse=True)

@@ -90,14 +90,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch import nn
 
-    from ..testing import equivariance_error
+    from ..testing import default_tolerance, equivariance_error
 
     names = list(args.vectors) + [n for n, _ in args.scalars]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise ValueError(f"feature name(s) {duplicated} given more than once in --vectors/--scalars")
     dtype = torch.float64 if args.float64 else torch.float32
-    tol = args.tol if args.tol is not None else (1e-9 if args.float64 else 1e-4)
+    tol = args.tol if args.tol is not None else default_tolerance(dtype)
     factory = load_factory(args.factory)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # e3nn modules bake constants in the default dtype when built
@@ -155,7 +155,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--clouds", type=positive_int, default=4, help="random clouds per batch (default 4)")
     parser.add_argument("--trials", type=positive_int, default=8, help="random group elements tried (default 8)")
     parser.add_argument("--tol", type=float, default=None,
-                        help="largest relative error that passes (default 1e-4, or 1e-9 with --float64)")
+                        help="largest relative error that passes (default 2e-5, or 1e-10 with --float64)")
     parser.add_argument("--float64", action="store_true",
                         help="build and run the model under torch.set_default_dtype(torch.float64)")
     parser.add_argument("--vectors", nargs="+", action="extend", default=[], metavar="NAME",
