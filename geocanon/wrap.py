@@ -177,7 +177,7 @@ class FrameAveraged(_FeatureRouting):
     """Frame averaging over the PCA sign frames (Puny et al. 2022): the backbone runs K times per cloud.
 
     K = 4 for SO3/SE3 and 8 for O3/E3 (see :func:`~geocanon.canonicalizers.frame_averaging.pca_frames`).
-    Dense input only ([B, N, 3] with optional mask [B, N]); same call convention and ``output``
+    Coplanar clouds (planar molecules) are accepted for every group, collinear ones are not. Dense input only ([B, N, 3] with optional mask [B, N]); same call convention and ``output``
     types as :class:`Canonicalized`. Invariant outputs are averaged as they are (logits).
 
     ``train_frames="sampled"`` makes training cost one backbone call per cloud instead of K: in

@@ -18,7 +18,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from geocanon import checkpoint
 from geocanon.bench.molecules import METHODS, MoleculesBenchConfig, evaluate_checkpoint, model_spec, run
 from geocanon.data.molecules import KCAL_MOL_TO_EV, MDConfig, generate_molecule, one_hot_species, read_molecules
-from geocanon.testing import equivariance_error
+from geocanon.testing import default_tolerance, equivariance_error
 
 from .conftest import default_dtype
 
@@ -206,6 +206,34 @@ def test_energy_invariant_forces_equivariant_under_e3(method, dtype, tol):
     e_err = equivariance_error(lambda p, numbers: model(p, numbers)[0], pos, "E3", "invariant", scalars={"numbers": numbers}, trials=2)
     f_err = equivariance_error(lambda p, numbers: model(p, numbers)[1], pos, "E3", "vector", scalars={"numbers": numbers}, trials=2)
     assert e_err < tol and f_err < tol * 10, (e_err, f_err)  # forces: one differentiation more
+
+
+@pytest.mark.parametrize("method", ["frame-averaging", "weighted-frames"])
+def test_planar_molecules_exact_with_frame_averaging(method, dtype):
+    """Water (every triatomic) is planar, which single E(3) frames reject; frame averaging gives it an invariant
+    energy, equivariant forces with no component out of the plane (the mirror symmetry), and −∇E."""
+    with default_dtype(dtype):
+        model = _potential(method, num_atoms=3).eval()
+    from geocanon.frames import random_rotation
+
+    turned = torch.tensor(WATER.positions, dtype=dtype) @ random_rotation(1, dtype=dtype)[0] + 0.5
+    pos = torch.stack([torch.tensor(WATER.positions, dtype=dtype), turned])
+    numbers = torch.tensor([[8, 1, 1]] * 2)
+    call = {"scalars": {"numbers": numbers}, "trials": 3}
+    assert equivariance_error(lambda p, numbers: model(p, numbers)[0], pos, "E3", "invariant", **call) < default_tolerance(dtype)
+    assert equivariance_error(lambda p, numbers: model(p, numbers)[1], pos, "E3", "vector", **call) < 10 * default_tolerance(dtype)
+    energy, forces = model(pos, numbers)
+    normal = torch.linalg.cross(pos[:, 1] - pos[:, 0], pos[:, 2] - pos[:, 0])
+    normal = normal / normal.norm(dim=-1, keepdim=True)
+    assert (forces.abs().amax() > 1e-3) and ((forces * normal[:, None]).sum(-1).abs().amax() < 10 * default_tolerance(dtype) * forces.abs().amax())
+    if dtype == torch.float64:
+        h = 1e-6
+        step = torch.zeros_like(pos)
+        step[:, 1, 1] = h
+        fd = (model(pos + step, numbers)[0] - model(pos - step, numbers)[0]) / (2 * h)
+        torch.testing.assert_close(forces[:, 1, 1], -fd, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="collinear"):  # CO2-like: the two minor axes are arbitrary
+        model(torch.tensor([[[-1.16, 0.0, 0.0], [0.0, 0.0, 0.0], [1.16, 0.0, 0.0]]], dtype=dtype), torch.tensor([[8, 6, 8]]))
 
 
 def test_se3_canonicalization_is_not_reflection_invariant_and_augment_is_not_exact():

@@ -269,6 +269,34 @@ def test_weighted_frame_averaging_is_exact(group, output, dtype):
     assert torch.allclose(model(pos, mask=mask)[1][: len(alone)], alone, atol=10 * tolerance(dtype))
 
 
+@pytest.mark.parametrize("group", ["O3", "E3"])
+@pytest.mark.parametrize("sign_tolerance", [None, 0.3], ids=["uniform", "weighted"])
+@pytest.mark.parametrize("output", ["invariant", "vector"])
+def test_frame_averaging_is_exact_on_coplanar_clouds(group, sign_tolerance, output, dtype):
+    """A coplanar cloud is its own mirror image through its plane: no single O3/E3 frame is equivariant there
+    (PCA rejects it), but the frame set holds both signs of the normal, with equal weights, so the average is."""
+    from geocanon.frames import random_rotation
+
+    torch.manual_seed(3)
+    flat = torch.randn(4, 25, 3) * torch.tensor([3.0, 2.0, 0.0])
+    pos = flat @ random_rotation(1, dtype=flat.dtype)[0] + 1.0  # a generic plane, off the origin
+    with pytest.raises(ValueError, match="coplanar"):
+        PCACanonicalizer(group)(pos)
+    model = FrameAveraged(PointMLP(per_point=output != "invariant"), group=group, output=output, sign_tolerance=sign_tolerance)
+    assert equivariance_error(model, pos, group, output) < tolerance(dtype)
+    assert equivariance_error(model.backbone, pos, group, output) > 1e-2  # the check can fail
+    _, weights = weighted_pca_frames(pos, group=group, sign_tolerance=0.3)
+    by_normal_sign = weights.view(4, 4, 2)  # sign patterns (s1, s2, s3) with s3 varying fastest
+    torch.testing.assert_close(by_normal_sign[..., 0], by_normal_sign[..., 1], rtol=0, atol=tolerance(dtype))
+    mask = torch.ones(4, 25, dtype=torch.bool)
+    mask[1, 20:] = False  # a smaller planar cloud padded to the batch
+    alone = model(pos[1:2, :20])[0]
+    assert torch.allclose(model(pos, mask=mask)[1][: len(alone)], alone, atol=10 * tolerance(dtype))
+    line = torch.randn(2, 10, 1) * torch.tensor([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="collinear"):
+        model(line)
+
+
 def _skewness_flip(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """A cloud (not mirror-symmetric) at which the skewness along its least-variance axis is 0, and a bump
     direction along which that skewness changes sign: ([1, 30, 3], [1, 30, 3])."""

@@ -4,8 +4,10 @@ smooth weighting (Dym et al. 2024).
 Instead of choosing one sign per principal axis, frame averaging keeps every sign choice: 8 frames
 for O3/E3, the 4 with det = +1 for SO3/SE3, and averages the model's (mapped-back) outputs over
 them. This is exactly invariant/equivariant even where the sign rule of PCA canonicalization is
-discontinuous, at the price of running the backbone K times. (Degenerate eigenvalues still break it;
-the original paper accepts that too.)
+discontinuous, at the price of running the backbone K times, and also for coplanar clouds (a planar or
+triatomic molecule), which single O3/E3 frames reject: the two signs of the plane's normal are both in
+the set. (Degenerate eigenvalues still break it — collinear clouds are rejected; the original paper
+accepts that too.)
 
 Weighted frames sit between the two: frame ``k`` with axes ``e_a`` gets the weight
 ``w_k = Π_a h(μ_a(e_a) / τ)``, where ``μ_a`` is the standardized third moment (skewness) of the points'
@@ -47,7 +49,10 @@ def smooth_step(z: Tensor) -> Tensor:
 
 
 def _frames_and_weights(pos: Tensor, mask: Tensor | None, batch: Tensor | None, group: Group, sign_tolerance: float) -> tuple[Frame, Tensor]:
-    check_points(pos, mask=mask, batch=batch, min_rank=3 if has_reflections(group) else 2)
+    # rank 2 for every group: a coplanar cloud is its own mirror image through its plane, which no single O3/E3
+    # frame can respect, but the frame set holds both signs of the plane's normal, with equal weights (its
+    # skewness is 0), so the average is exact. Collinear clouds stay rejected: their two minor axes are arbitrary.
+    check_points(pos, mask=mask, batch=batch, min_rank=2)
     if batch is not None:
         pos, mask = to_dense(pos, batch)
     if mask is None:

@@ -51,15 +51,21 @@ def _third_moment_sums(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor
     return (proj**3 * mask.to(pos.dtype)[..., None]).sum(1)
 
 
+#: relative variance added in :func:`skewness`, far below any real spread and far above float rounding
+FLAT_VARIANCE = 1e-9
+
+
 def skewness(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor, variances: Tensor) -> Tensor:
-    """Standardized third moment of the projections on each axis, ``mean(p³) / var^{3/2}``: [B, 3].
+    """Standardized third moment of the projections on each axis, ``mean(p³) / (var + ε var_max)^{3/2}``: [B, 3].
 
     Args: pos [B, N, 3] with padding zeroed, mask [B, N], centroid [B, 3], axes [B, 3, 3] (columns),
-    variances [B, 3] (of the projections on those axes). A zero variance counts as the smallest positive
-    number, so a flat direction has skewness 0.
+    variances [B, 3] (of the projections on those axes). ``ε`` = :data:`FLAT_VARIANCE` makes a flat direction
+    (the normal of a coplanar cloud, whose variance is rounding noise) have skewness ~0 instead of a ratio
+    of rounding errors, smoothly: it changes the skewness of any real spread by a relative ~1e-9.
     """
     count = mask.to(pos.dtype).sum(1, keepdim=True)
-    return _third_moment_sums(pos, mask, centroid, axes) / count / variances.clamp_min(torch.finfo(pos.dtype).tiny) ** 1.5
+    floor = FLAT_VARIANCE * variances.amax(-1, keepdim=True).clamp_min(torch.finfo(pos.dtype).tiny)
+    return _third_moment_sums(pos, mask, centroid, axes) / count / (variances.clamp_min(0.0) + floor) ** 1.5
 
 
 def third_moment_signs(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor) -> Tensor:
