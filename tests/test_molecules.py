@@ -284,8 +284,11 @@ def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys
         assert -1 <= row["conditioning_skewness"]["spearman"] <= 1 and row["frames_per_structure"] >= 1
         assert (row["method"].startswith("canonicalized")) == ("frame_change_deg_median" in row)
         assert 0 <= row.get("frame_change_deg_median", 0) <= 180
-        exact = row["method"] != "augment"
-        assert (row["force_equivariance_error"] < 1e-3) == exact, (row["method"], row["force_equivariance_error"])
+        if row["method"] == "augment":
+            assert row["force_equivariance_error"] > 1e-3, row
+        else:
+            # float32 forces of a trained model, through the frames' weights: weighted frames reach ~2.3e-5 here
+            assert row["force_equivariance_error"] < 10 * default_tolerance(torch.float32), (row["method"], row["force_equivariance_error"])
     for key, batch_size, structures in (("timing", 6, 6), ("latency", 1, 6)):  # 6 test structures: in one call / one at a time
         timing = entry[key]
         assert (timing["batch_size"], timing["structures"]) == (batch_size, structures)
