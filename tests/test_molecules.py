@@ -268,6 +268,49 @@ def test_ase_calculator_runs_md_and_roundtrips_checkpoint(tmp_path):
     assert result["steps"] == 10 and np.isfinite(result["drift_ev_per_ps"])
 
 
+class _AtomEnergies(torch.nn.Module):
+    """A user's own non-invariant energy network: per-atom MLP of raw coordinates and species, summed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(3 + len(SPECIES), 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+    def forward(self, pos, species, mask=None):
+        energies = self.net(torch.cat([pos, species], -1))[..., 0]
+        return (energies * mask).sum(1) if mask is not None else energies.sum(1)
+
+
+def test_users_own_energy_network_in_ase_is_exact():
+    """Any energy module inside FrameAveraged becomes an exact potential for ASE (module, not spec, given)."""
+    from geocanon import FrameAveraged
+    from geocanon.ase import Calculator
+    from geocanon.frames import random_rotation
+    from geocanon.nn.energy import MolecularPotential
+
+    with default_dtype(torch.float64):
+        net = _AtomEnergies()
+        energy = FrameAveraged(net, group="E3", output="invariant", scalar_features=["species"], sign_tolerance=0.1)
+        calc = Calculator(MolecularPotential(SPECIES, energy))
+    atoms = _toy_frames(1)[0]
+    g = random_rotation(1, reflections=True, dtype=torch.float64)[0].numpy()
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ g.T + np.array([0.3, -1.0, 2.0])
+    results = []
+    for a in (atoms, moved):
+        a.calc = calc
+        results.append((a.get_potential_energy(), a.get_forces()))
+    (e0, f0), (e1, f1) = results
+    assert abs(e1 - e0) < default_tolerance(torch.float64) * abs(e0)
+    assert np.abs(f1 - f0 @ g.T).max() < default_tolerance(torch.float64) * np.abs(f0).max()
+    pos = torch.tensor(atoms.positions)[None]
+    numbers = torch.tensor(atoms.numbers)[None]
+    plain = MolecularPotential(SPECIES, net)  # the bare network: the same check fails
+    e_plain = plain(pos, numbers)[0].item()
+    assert abs(plain(torch.tensor(moved.positions)[None], numbers)[0].item() - e_plain) > 1e-4 * abs(e_plain)
+    with pytest.raises(ValueError, match="was not built with geocanon.checkpoint.build"):
+        checkpoint.save(Path("unused.pt"), calc.model)
+
+
 def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys):
     paths = _write_split_files(tmp_path)
     cfg = MoleculesBenchConfig(

@@ -142,7 +142,9 @@ class MolecularPotential(nn.Module):
 
     Args:
         species: atomic numbers the model knows, in one-hot order (e.g. [1, 6, 8]).
-        model: checkpoint spec (see :mod:`geocanon.checkpoint`) of the energy model.
+        model: the energy model, ``model(pos, species=one-hot [B, N, T], mask=[B, N]) -> [B]``: a module (e.g.
+            your network inside :class:`~geocanon.wrap.FrameAveraged` with ``scalar_features=["species"]``) or
+            its checkpoint spec (see :mod:`geocanon.checkpoint`; only a potential built from specs can be saved).
         energy_shift: per-atom energy offset in eV (mean training energy / atoms).
         energy_scale: eV per model unit (e.g. the std of the training force components).
 
@@ -150,14 +152,14 @@ class MolecularPotential(nn.Module):
     ``(energy [B] eV, forces [B, N, 3] eV/Å)`` (forces of padding atoms are 0).
     """
 
-    def __init__(self, species: Sequence[int], model: dict[str, Any], energy_shift: float = 0.0, energy_scale: float = 1.0) -> None:
+    def __init__(self, species: Sequence[int], model: nn.Module | dict[str, Any], energy_shift: float = 0.0, energy_scale: float = 1.0) -> None:
         super().__init__()
         from ..checkpoint import build  # checkpoint resolves this module by name: import lazily
 
         if len(species) == 0 or len(set(species)) != len(species):
             raise ValueError(f"species must be distinct atomic numbers, got {list(species)}")
         self.species = [int(z) for z in species]
-        self.model = build(model)
+        self.model = model if isinstance(model, nn.Module) else build(model)
         self.energy_shift = float(energy_shift)
         self.energy_scale = float(energy_scale)
 
