@@ -6,6 +6,7 @@ generator test, which runs a handful of real GFN2-xTB evaluations (tblite, ~2 ms
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -144,6 +145,10 @@ def test_generator_resumes_after_interruption(tmp_path):
         generate_molecule(tmp_path, config, chunk=2, log=stop_after_first_chunk)
     paths = generate_molecule(tmp_path, config, chunk=2, log=lambda m: None)
     frames = read_molecules(paths["trajectory"], require_labels=True)
+    # an uninterrupted run writes the same frames, bit for bit (the SCF restarts at every checkpoint in both)
+    whole = generate_molecule(tmp_path / "uninterrupted", config, chunk=2, log=lambda m: None)
+    assert whole["trajectory"].read_bytes() == paths["trajectory"].read_bytes()
+    assert all(whole[s].read_bytes() == paths[s].read_bytes() for s in ("train", "valid", "test"))
     assert len(frames) == 4
     steps = [int(line.split("md_step=")[1].split()[0]) for line in paths["trajectory"].read_text().splitlines() if "md_step=" in line]
     assert steps == [4, 6, 8, 10]  # continuous across the interruption
@@ -151,6 +156,7 @@ def test_generator_resumes_after_interruption(tmp_path):
     assert sizes == {"train": 2, "valid": 1, "test": 1}
     meta = json.loads(paths["meta"].read_text())
     assert meta["frames"] == 4 and meta["units"]["energy"] == "eV"
+    assert meta["sha256"] == {s: hashlib.sha256(paths[s].read_bytes()).hexdigest() for s in ("train", "valid", "test")}
     assert abs(frames.energy.mean().item() + 309.0) < 5.0  # GFN2-xTB ethanol is about -309.8 eV
 
 

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from .. import checkpoint
 from ..canonicalizers.frame_averaging import weighted_pca_frames
 from ..canonicalizers.learned import E3nnCanonicalizer
-from ..data.molecules import MoleculeDataset, one_hot_species, read_molecules
+from ..data.molecules import MoleculeDataset, file_sha256, one_hot_species, read_molecules
 from ..frames import random_group_element
 from ..nn.candidates import ThirdAxisAveraged
 from ..wrap import FrameAveraged, check_train_frames
@@ -523,7 +523,8 @@ def run(cfg: MoleculesBenchConfig, resume: bool = False, nve_steps: int = 2000) 
         require_nequip()  # before any other method trains
     start = time.perf_counter()
     data = _datasets(cfg)
-    described = ", ".join(f"{s}: {d.source}" for s, d in data.items())
+    # which frames: the generator's file names identify settings, the content hash the frames themselves
+    described = ", ".join(f"{s}: {d.source} (sha256 {file_sha256(d.source)[:12]})" for s, d in data.items())
     rows: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None  # row of the best canonicalized run, whose model is saved at ckpt
     total = len(cfg.methods) * len(cfg.seeds)

@@ -11,8 +11,10 @@ held in eV and Å as a :class:`MoleculeDataset` of dense, padded tensors:
 Generating. :func:`generate_molecule` runs Langevin MD (ASE) with GFN2-xTB energies and forces from
 ``tblite`` and appends every ``stride``-th step to an extxyz file; the MD state (positions, momenta,
 random-generator state) is checkpointed after every chunk, so an interrupted run resumes where it
-stopped. When all frames exist they are split (fixed seed) into train / valid / test files. File
-names carry a hash of every setting that changes the data (and of the start geometry).
+stopped and, single-threaded (``OMP_NUM_THREADS=1``), writes the same frames bit for bit as an
+uninterrupted one. When all frames exist they are split (fixed seed) into train / valid / test files.
+File names carry a hash of every setting that changes the data (and of the start geometry and the
+procedure version); the meta file holds each split file's SHA-256.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "MDConfig",
     "MoleculeDataset",
     "autocorrelation",
+    "file_sha256",
     "from_atoms",
     "generate_molecule",
     "molecule_paths",
@@ -297,6 +300,12 @@ def _calculator(method: str) -> Any:
     return TBLite(method=method, verbosity=0)
 
 
+#: version of the generation procedure, part of the file-name hash. 2: the xTB calculator restarts its SCF
+#: from scratch at every checkpoint, so a resumed run reproduces an uninterrupted one bit for bit (version 1
+#: carried the previous step's wavefunction over in memory only, and a resumed run drifted away from it).
+PROCEDURE = 2
+
+
 def _relaxed(config: MDConfig) -> Any:
     from ase.optimize import BFGS
 
@@ -310,15 +319,26 @@ def _relaxed(config: MDConfig) -> Any:
 def molecule_paths(root: str | os.PathLike[str], config: MDConfig) -> dict[str, Path]:
     """Files of one generation: ``trajectory`` (all frames), ``state`` (MD checkpoint), ``meta`` and one per split.
 
-    The hash covers every :class:`MDConfig` field and the start geometry (rounded to 1e-6 Å).
+    The hash covers every :class:`MDConfig` field, the start geometry (rounded to 1e-6 Å) and
+    :data:`PROCEDURE`, so one name means one set of frames (the content hashes of the split files are in
+    the ``meta`` file).
     """
     start = np.round(start_geometry(config.molecule, config.seed).positions, 6).tolist()
-    key = json.dumps({"config": asdict(config), "start": start}, sort_keys=True)
+    key = json.dumps({"config": asdict(config), "start": start, "procedure": PROCEDURE}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     stem = Path(root) / f"{config.molecule}_{digest}"
     paths = {"trajectory": stem.with_suffix(".extxyz"), "state": Path(f"{stem}.state.json"), "meta": Path(f"{stem}.json")}
     paths.update({split: Path(f"{stem}_{split}.extxyz") for split in SPLITS})
     return paths
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes: which frames a data set or a result was made from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -426,6 +446,8 @@ def generate_molecule(
                      "momenta": atoms.get_momenta().tolist(), "rng": rng.bit_generator.state,
                      "elapsed_s": now, "evaluations": evals}
             _atomic_write_text(paths["state"], json.dumps(state))
+            # a resumed run starts its SCF from scratch here, so the uninterrupted run does the same
+            atoms.calc = _calculator(config.method)
             log(f"{config.molecule}: step {step}, {len(frames)}/{config.n_frames} frames, {now:.0f} s, "
                 f"{1000 * now / max(evals, 1):.2f} ms per MD step")
     return _finish(paths, config, frames, elapsed + time.perf_counter() - start, evals)
@@ -449,6 +471,7 @@ def _finish(paths: dict[str, Path], config: MDConfig, frames: list[Any], elapsed
         "energy_autocorrelation_by_frame_lag": autocorrelation(energy, 10).round(4).tolist(),
         "velocity_autocorrelation_by_frame_lag": autocorrelation(velocity, 10).round(4).tolist(),
         "files": {split: paths[split].name for split in SPLITS},
+        "sha256": {split: file_sha256(paths[split]) for split in SPLITS},
     }
     _atomic_write_text(paths["meta"], json.dumps(meta, indent=2) + "\n")
     return paths
