@@ -19,6 +19,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from geocanon import checkpoint
 from geocanon.bench.molecules import METHODS, MoleculesBenchConfig, evaluate_checkpoint, model_spec, run
 from geocanon.data.molecules import KCAL_MOL_TO_EV, MDConfig, generate_molecule, one_hot_species, read_molecules
+from geocanon.frames import random_rotation
 from geocanon.testing import default_tolerance, equivariance_error
 
 from .conftest import default_dtype
@@ -220,8 +221,6 @@ def test_planar_molecules_exact_with_frame_averaging(method, dtype):
     energy, equivariant forces with no component out of the plane (the mirror symmetry), and −∇E."""
     with default_dtype(dtype):
         model = _potential(method, num_atoms=3).eval()
-    from geocanon.frames import random_rotation
-
     turned = torch.tensor(WATER.positions, dtype=dtype) @ random_rotation(1, dtype=dtype)[0] + 0.5
     pos = torch.stack([torch.tensor(WATER.positions, dtype=dtype), turned])
     numbers = torch.tensor([[8, 1, 1]] * 2)
@@ -286,11 +285,10 @@ class _AtomEnergies(torch.nn.Module):
         return (energies * mask).sum(1) if mask is not None else energies.sum(1)
 
 
-def test_users_own_energy_network_in_ase_is_exact():
+def test_users_own_energy_network_in_ase_is_exact(tmp_path):
     """Any energy module inside FrameAveraged becomes an exact potential for ASE (module, not spec, given)."""
     from geocanon import FrameAveraged
     from geocanon.ase import Calculator
-    from geocanon.frames import random_rotation
     from geocanon.nn.energy import MolecularPotential
 
     with default_dtype(torch.float64):
@@ -314,7 +312,7 @@ def test_users_own_energy_network_in_ase_is_exact():
     e_plain = plain(pos, numbers)[0].item()
     assert abs(plain(torch.tensor(moved.positions)[None], numbers)[0].item() - e_plain) > 1e-4 * abs(e_plain)
     with pytest.raises(ValueError, match="was not built with geocanon.checkpoint.build"):
-        checkpoint.save(Path("unused.pt"), calc.model)
+        checkpoint.save(tmp_path / "unused.pt", calc.model)
 
 
 def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys):
