@@ -387,3 +387,32 @@ def test_energy_gnn_coordinate_unit():
     assert not torch.allclose(in_cutoffs(pos, species), in_angstrom(pos, species))
     with pytest.raises(ValueError, match="coordinate_unit"):
         EnergyGNN(3, coordinate_unit=0.0)
+
+
+def test_energy_gnn_without_pair_vectors_sees_coordinates_only_through_its_nodes():
+    from geocanon.nn.energy import EnergyGNN
+
+    pos, numbers = _toy_batch(torch.float64)
+    species = torch.nn.functional.one_hot(numbers.clamp_min(1) % 3, 3).double()
+    with default_dtype(torch.float64):
+        torch.manual_seed(0)
+        model = EnergyGNN(3, hidden=8, layers=2, num_rbf=6, coordinate_unit=5.0, pair_vectors=False)
+    assert model.filters[0][0].in_features == 6  # distance features only
+    # not invariant as it is (the node inputs hold absolute coordinates) ...
+    assert equivariance_error(model, pos, "E3", "invariant", scalars={"species": species}, trials=2) > 1e-3
+    # ... but without those node inputs every remaining input is a distance, so the energy is E(3)-invariant
+    with torch.no_grad():
+        model.coords.weight.zero_()
+    assert equivariance_error(model, pos, "E3", "invariant", scalars={"species": species}, trials=2) < default_tolerance(torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_frame_averaging_with_invariant_filters_is_exact(dtype):
+    cfg = MoleculesBenchConfig(hidden=16, layers=2, gnn_pair_vectors=False)
+    with default_dtype(dtype):
+        model = checkpoint.build(model_spec("frame-averaging", cfg, SPECIES, 5, energy_shift=-1.0, energy_scale=0.5)).eval()
+    assert model.model.backbone.pair_vectors is False
+    pos, numbers = _toy_batch(dtype)
+    e_err = equivariance_error(lambda p, numbers: model(p, numbers)[0], pos, "E3", "invariant", scalars={"numbers": numbers}, trials=2)
+    f_err = equivariance_error(lambda p, numbers: model(p, numbers)[1], pos, "E3", "vector", scalars={"numbers": numbers}, trials=2)
+    assert e_err < default_tolerance(dtype) and f_err < default_tolerance(dtype), (e_err, f_err)

@@ -101,6 +101,7 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     cutoff: float = 5.0
     gnn_coordinate_unit: float | None = None  # Å, EnergyGNN's coordinate inputs are divided by it; None: the cutoff
     gnn_init: str = "xavier"  # EnergyGNN's initialisation ("xavier" or "torch")
+    gnn_pair_vectors: bool = True  # EnergyGNN's filters see x_j - x_i (False: invariant filters)
     mlp_hidden: int = 256
     mlp_layers: int = 3
     # canonicalizer: the canon_* fields of CanonicalizerSettings
@@ -167,7 +168,8 @@ def model_spec(method: str, cfg: MoleculesBenchConfig, species: list[int], num_a
     """The checkpoint spec of ``method``'s :class:`~geocanon.nn.energy.MolecularPotential`."""
     t = len(species)
     gnn = {"name": "energy_gnn", "config": {"num_species": t, "hidden": cfg.hidden, "layers": cfg.layers, "num_rbf": cfg.num_rbf, "cutoff": cfg.cutoff,
-                                            "coordinate_unit": cfg.gnn_coordinate_unit or cfg.cutoff, "init": cfg.gnn_init}}
+                                            "coordinate_unit": cfg.gnn_coordinate_unit or cfg.cutoff, "init": cfg.gnn_init,
+                                            "pair_vectors": cfg.gnn_pair_vectors}}
     flat_mlp = {"name": "energy_mlp", "config": {"num_atoms": num_atoms, "num_species": t, "hidden": cfg.mlp_hidden, "layers": cfg.mlp_layers}}
     if method == "augment":
         energy = gnn
