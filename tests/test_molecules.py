@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -418,3 +419,19 @@ def test_frame_averaging_with_invariant_filters_is_exact(dtype):
         model = checkpoint.build(model_spec("frame-averaging", cfg, SPECIES, 5, energy_shift=-1.0, energy_scale=0.5)).eval()
     assert model.model.backbone.pair_vectors is False
     _assert_e3_exact(model, dtype)
+
+
+def test_gaussian_rbf_is_the_gaussian_and_zero_where_it_would_underflow():
+    from geocanon.nn.energy import RBF_FLOOR, gaussian_rbf
+
+    distance = torch.linspace(0.0, 6.0, 301, dtype=torch.float64).requires_grad_(True)
+    features = gaussian_rbf(distance, 64, 5.0)
+    centres, width = torch.linspace(0.0, 5.0, 64, dtype=torch.float64), 5.0 / 63
+    exponent = -0.5 * ((distance.detach()[:, None] - centres) / width) ** 2
+    exact = torch.exp(exponent)
+    assert (features.detach() - exact).abs().max() <= math.exp(RBF_FLOOR)
+    near = exponent > RBF_FLOOR
+    torch.testing.assert_close(features.detach()[near], exact[near], rtol=0, atol=0)
+    assert (features.detach()[~near] == 0).all() and (~near).sum() > 1000  # most pairs of narrow Gaussians
+    (grad,) = torch.autograd.grad(features.sum(), distance)
+    assert torch.isfinite(grad).all()
