@@ -435,3 +435,27 @@ def test_gaussian_rbf_is_the_gaussian_and_zero_where_it_would_underflow():
     assert (features.detach()[~near] == 0).all() and (~near).sum() > 1000  # most pairs of narrow Gaussians
     (grad,) = torch.autograd.grad(features.sum(), distance)
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("method", ["frame-averaging", "weighted-frames", "schnet"])
+def test_chunked_inference_gives_each_molecule_its_own_result(method):
+    from geocanon.nn.energy import MolecularPotential
+
+    with default_dtype(torch.float64):
+        model = _potential(method).eval()
+    pos, numbers = (x.repeat(3, 1, 1) if x.ndim == 3 else x.repeat(3, 1) for x in _toy_batch(torch.float64))  # 9 molecules
+    numbers[1, -1] = 0  # a padded, 4-atom molecule in the first chunk
+    whole = model(pos, numbers)  # autograd on: one pass, as in training
+    assert model.inference_pairs == 4096
+    model.inference_pairs = 2 * 25  # 2 molecules of 5 atoms per chunk: 5 chunks, the last one partial
+    sizes: list[int] = []
+    model.model.register_forward_hook(lambda module, args, kwargs, out: sizes.append(len(out)), with_kwargs=True)
+    with torch.no_grad():
+        chunked = model(pos, numbers)
+    assert sizes == [2, 2, 2, 2, 1]
+    for got, want in zip(chunked, whole):
+        assert not got.requires_grad
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    assert (chunked[1][1, -1] == 0).all()
+    with pytest.raises(ValueError, match="inference_pairs"):
+        MolecularPotential([1, 6], model.model, inference_pairs=0)

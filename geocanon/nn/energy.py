@@ -163,12 +163,17 @@ class MolecularPotential(nn.Module):
             its checkpoint spec (see :mod:`geocanon.checkpoint`; only a potential built from specs can be saved).
         energy_shift: per-atom energy offset in eV (mean training energy / atoms).
         energy_scale: eV per model unit (e.g. the std of the training force components).
+        inference_pairs: at inference (when no graph is kept for training), a batch is evaluated in chunks of
+            whole molecules with at most this many atom pairs ``B_chunk · N²`` each (at least one molecule per
+            chunk); None evaluates it in one pass. Dense pair tensors of a large batch make the CPU time grow
+            faster than the batch (benchmarks/results/molecules_chunks.md); each molecule's result is unchanged.
 
     Shapes: ``pos`` [B, N, 3] Å, ``numbers`` [B, N] int (0 = padding), optional ``mask`` [B, N] ->
     ``(energy [B] eV, forces [B, N, 3] eV/Å)`` (forces of padding atoms are 0).
     """
 
-    def __init__(self, species: Sequence[int], model: nn.Module | dict[str, Any], energy_shift: float = 0.0, energy_scale: float = 1.0) -> None:
+    def __init__(self, species: Sequence[int], model: nn.Module | dict[str, Any], energy_shift: float = 0.0, energy_scale: float = 1.0,
+                 inference_pairs: int | None = 4096) -> None:
         super().__init__()
         from ..checkpoint import build  # checkpoint resolves this module by name: import lazily
 
@@ -178,17 +183,27 @@ class MolecularPotential(nn.Module):
         self.model = model if isinstance(model, nn.Module) else build(model)
         self.energy_shift = float(energy_shift)
         self.energy_scale = float(energy_scale)
+        if inference_pairs is not None and inference_pairs < 1:
+            raise ValueError(f"inference_pairs must be a positive number of atom pairs or None, got {inference_pairs!r}")
+        self.inference_pairs = inference_pairs
 
     def forward(self, pos: Tensor, numbers: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(energy [B], forces [B, N, 3])`` for ``pos`` [B, N, 3] and ``numbers`` [B, N]."""
-        from ..data.molecules import one_hot_species
-
         if numbers.shape != pos.shape[:2]:
             raise ValueError(f"numbers must be [B, N] = {list(pos.shape[:2])}, got {list(numbers.shape)}")
         if mask is None:
             mask = numbers > 0
-        species = one_hot_species(numbers, self.species, pos.dtype)
         keep_graph = torch.is_grad_enabled()
+        chunk = len(pos) if keep_graph or self.inference_pairs is None else max(1, self.inference_pairs // pos.shape[1] ** 2)
+        if chunk < len(pos):
+            parts = [self._energy_and_forces(pos[i:i + chunk], numbers[i:i + chunk], mask[i:i + chunk], False) for i in range(0, len(pos), chunk)]
+            return torch.cat([e for e, _ in parts]), torch.cat([f for _, f in parts])
+        return self._energy_and_forces(pos, numbers, mask, keep_graph)
+
+    def _energy_and_forces(self, pos: Tensor, numbers: Tensor, mask: Tensor, keep_graph: bool) -> tuple[Tensor, Tensor]:
+        from ..data.molecules import one_hot_species
+
+        species = one_hot_species(numbers, self.species, pos.dtype)
         with torch.enable_grad():
             x = pos if pos.requires_grad else pos.detach().requires_grad_(True)
             raw = self.model(x, species=species, mask=mask)
