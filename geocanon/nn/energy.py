@@ -166,7 +166,7 @@ class MolecularPotential(nn.Module):
         inference_pairs: at inference (when no graph is kept for training), a batch is evaluated in chunks of
             whole molecules with at most this many atom pairs ``B_chunk · N²`` each (at least one molecule per
             chunk); None evaluates it in one pass. Dense pair tensors of a large batch make the CPU time grow
-            faster than the batch (benchmarks/results/molecules_chunks.md); each molecule's result is unchanged.
+            faster than the batch (docs/benchmarks.md, Molecules); each molecule's result is unchanged.
 
     Shapes: ``pos`` [B, N, 3] Å, ``numbers`` [B, N] int (0 = padding), optional ``mask`` [B, N] ->
     ``(energy [B] eV, forces [B, N, 3] eV/Å)`` (forces of padding atoms are 0).
