@@ -165,8 +165,10 @@ class MolecularPotential(nn.Module):
         energy_scale: eV per model unit (e.g. the std of the training force components).
         inference_pairs: at inference (when no graph is kept for training), a batch is evaluated in chunks of
             whole molecules with at most this many atom pairs ``B_chunk · N²`` each (at least one molecule per
-            chunk); None evaluates it in one pass. Dense pair tensors of a large batch make the CPU time grow
-            faster than the batch (docs/benchmarks.md, Molecules); each molecule's result is unchanged.
+            chunk); None evaluates it in one pass. The dense pair tensors of energy networks such as
+            :class:`EnergyGNN` hold ``B · N² · hidden`` numbers (8 times that under frame averaging), so chunks
+            bound the memory of scoring a large data set in one call; each molecule's result is unchanged
+            (timings: docs/benchmarks.md, Molecules).
 
     Shapes: ``pos`` [B, N, 3] Å, ``numbers`` [B, N] int (0 = padding), optional ``mask`` [B, N] ->
     ``(energy [B] eV, forces [B, N, 3] eV/Å)`` (forces of padding atoms are 0).
