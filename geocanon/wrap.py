@@ -102,6 +102,17 @@ class _FeatureRouting(nn.Module):
                 raise ValueError(f"vector feature {name!r} must end in 3 components, got {list(v.shape)}")
         return vectors, scalars
 
+    @staticmethod
+    def _without_padding(pos: Tensor, vectors: dict[str, Tensor], mask: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``pos`` and the vector features with their padding rows set to 0 (dense input with a mask): padding may hold
+        anything, and a NaN there, times the zero gradient the backbone gives it, would be NaN in every gradient
+        that flows through the frame (e.g. forces)."""
+        if mask is None:
+            return pos, vectors
+        def pad(x: Tensor) -> Tensor:
+            return ~mask.reshape(*mask.shape, *[1] * (x.ndim - 2))
+        return pos.masked_fill(pad(pos), 0.0), {k: v.masked_fill(pad(v), 0.0) for k, v in vectors.items()}
+
     def _call_backbone(self, pos: Tensor, vectors: dict[str, Tensor], scalars: dict[str, Tensor], batch: Tensor | None, mask: Tensor | None) -> Tensor:
         extra: dict[str, Tensor] = {}
         if batch is not None:
@@ -153,6 +164,7 @@ class Canonicalized(_FeatureRouting):
             vectors=torch.stack(list(vectors.values()), -2) if can.num_vector_features and vectors else None,
         )
         self.last_frame = frame
+        pos, vectors = self._without_padding(pos, vectors, mask)
         pos_c = frame.to_canonical_points(pos, batch)
         vectors_c = {k: frame.to_canonical_vectors(v, batch) for k, v in vectors.items()}
         out = self._call_backbone(pos_c, vectors_c, scalars, batch, mask)
@@ -262,6 +274,7 @@ class FrameAveraged(_FeatureRouting):
             kept = (weights > 0).flatten().nonzero()[:, 0]
             frames, cloud = frames[kept], kept // k
 
+        pos, vectors = self._without_padding(pos, vectors, mask)
         pos_c = frames.to_canonical_points(pos[cloud])
         vectors_c = {name: frames.to_canonical_vectors(v[cloud]) for name, v in vectors.items()}
         scalars_k = {name: s[cloud] for name, s in scalars.items()}

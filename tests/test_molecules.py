@@ -459,3 +459,27 @@ def test_chunked_inference_gives_each_molecule_its_own_result(method):
     assert (chunked[1][1, -1] == 0).all()
     with pytest.raises(ValueError, match="inference_pairs"):
         MolecularPotential([1, 6], model.model, inference_pairs=0)
+
+
+@pytest.mark.parametrize("method", ["frame-averaging", "augment", "schnet"])
+def test_potential_rejects_bad_input_whatever_its_model(method):
+    with default_dtype(torch.float64):
+        model = _potential(method).eval()
+    pos, numbers = _toy_batch(torch.float64)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="empty"):
+            model(torch.zeros(2, 0, 3, dtype=torch.float64), torch.zeros(2, 0, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"empty cloud\(s\) \[1\]"):
+            model(pos, numbers.masked_fill(torch.arange(3)[:, None] == 1, 0))
+        bad = pos.clone()
+        bad[2, 0, 1] = float("nan")
+        with pytest.raises(ValueError, match=r"NaN or Inf in cloud\(s\) \[2\]"):
+            model(bad, numbers)
+        with pytest.raises(ValueError, match=r"shape \[B, N, 3\]"):
+            model(pos[..., :2], numbers)
+        padded = numbers.clone()
+        padded[0, -1] = 0
+        bad[2, 0, 1] = pos[2, 0, 1]
+        bad[0, -1] = float("nan")  # padding may hold anything
+        energy, forces = model(bad, padded)
+        assert torch.isfinite(energy).all() and torch.isfinite(forces).all()

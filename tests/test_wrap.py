@@ -497,3 +497,27 @@ def test_ensemble_checkpoint_round_trip(tmp_path):
     pos, vel, charge = torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.ones(2, 5, 1)
     torch.testing.assert_close(loaded.eval()(pos, vel=vel, charge=charge), model(pos, vel=vel, charge=charge))
 
+
+
+@pytest.mark.parametrize("wrapper", ["canonicalized", "frame-averaged"])
+def test_nan_in_padding_reaches_neither_outputs_nor_gradients(wrapper, dtype):
+    backbone = PointMLP(per_point=False, vel=True)
+    if wrapper == "canonicalized":
+        model = Canonicalized(backbone, PCACanonicalizer("E3"), vector_features=["vel"])
+    else:
+        model = FrameAveraged(backbone, group="E3", vector_features=["vel"])
+    pos, vel = torch.randn(3, 6, 3), torch.randn(3, 6, 3)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    clean = pos.masked_fill(~mask[..., None], 0.0).requires_grad_(True)
+    noisy = pos.clone()
+    noisy[1, 4:] = float("nan")
+    noisy.requires_grad_(True)
+    noisy_vel = vel.clone()
+    noisy_vel[1, 4:] = float("nan")
+    out_clean = model(clean, vel=vel.masked_fill(~mask[..., None], 0.0), mask=mask)
+    out_noisy = model(noisy, vel=noisy_vel, mask=mask)
+    torch.testing.assert_close(out_noisy, out_clean, rtol=0, atol=tolerance(dtype))
+    (g_clean,) = torch.autograd.grad(out_clean.sum(), clean)
+    (g_noisy,) = torch.autograd.grad(out_noisy.sum(), noisy)
+    torch.testing.assert_close(g_noisy[mask], g_clean[mask], rtol=0, atol=tolerance(dtype))  # e.g. forces: not NaN

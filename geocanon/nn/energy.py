@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..validation import check_dense_batch
 from .gnn import initialise_, mlp, pair_mask
 
 __all__ = ["EnergyGNN", "EnergyMLP", "MolecularPotential", "cosine_cutoff", "gaussian_rbf"]
@@ -36,7 +37,7 @@ def cosine_cutoff(distance: Tensor, cutoff: float) -> Tensor:
 
 
 #: exponent below which a Gaussian feature is set to 0 (e^-80 < 2e-35): on CPU, exp of arguments that underflow
-#: float32 takes a slow scalar path, and with 64 narrow Gaussians most of a molecule's pair features are there
+#: float32 takes a slow path, and with 64 narrow Gaussians most of a molecule's pair features are there
 RBF_FLOOR = -80.0
 
 
@@ -112,6 +113,7 @@ class EnergyGNN(nn.Module):
         mask = _mask(pos, mask)
         if species.shape != (*pos.shape[:2], self.num_species):
             raise ValueError(f"species must be [B, N, {self.num_species}], got {list(species.shape)}")
+        pos = pos.masked_fill(~mask[..., None], 0.0)  # padding may hold anything (NaN times a zero weight is NaN)
         pairs = pair_mask(mask)  # [B, N, N]
         diff = pos[:, None, :] - pos[:, :, None]  # [B, i, j, 3] = x_j - x_i
         sq = (diff**2).sum(-1)
@@ -195,8 +197,9 @@ class MolecularPotential(nn.Module):
             raise ValueError(f"numbers must be [B, N] = {list(pos.shape[:2])}, got {list(numbers.shape)}")
         if mask is None:
             mask = numbers > 0
+        check_dense_batch(pos, mask, "pos")  # shape, empty molecules, NaN/Inf on real atoms: whatever the model checks
         keep_graph = torch.is_grad_enabled()
-        chunk = len(pos) if keep_graph or self.inference_pairs is None else max(1, self.inference_pairs // pos.shape[1] ** 2)
+        chunk = len(pos) if keep_graph or self.inference_pairs is None else max(1, self.inference_pairs // max(1, pos.shape[1]) ** 2)
         if chunk < len(pos):
             parts = [self._energy_and_forces(pos[i:i + chunk], numbers[i:i + chunk], mask[i:i + chunk], False) for i in range(0, len(pos), chunk)]
             return torch.cat([e for e, _ in parts]), torch.cat([f for _, f in parts])
