@@ -498,7 +498,6 @@ def test_ensemble_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(loaded.eval()(pos, vel=vel, charge=charge), model(pos, vel=vel, charge=charge))
 
 
-
 @pytest.mark.parametrize("wrapper", ["canonicalized", "frame-averaged"])
 def test_nan_in_padding_reaches_neither_outputs_nor_gradients(wrapper, dtype):
     backbone = PointMLP(per_point=False, vel=True)
