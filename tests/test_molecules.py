@@ -18,7 +18,8 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from geocanon import checkpoint
-from geocanon.bench.molecules import METHODS, MoleculesBenchConfig, evaluate_checkpoint, model_spec, run
+from geocanon.bench.harness import train_config
+from geocanon.bench.molecules import METHODS, MoleculesBenchConfig, evaluate_checkpoint, model_spec, nequip_settings, run
 from geocanon.data.molecules import KCAL_MOL_TO_EV, MDConfig, generate_molecule, one_hot_species, read_molecules
 from geocanon.frames import random_rotation
 from geocanon.testing import default_tolerance, equivariance_error
@@ -354,6 +355,15 @@ def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys
     assert "6 test structures in calls of 6;" in markdown and "6 test structures in calls of 1;" in markdown
     result = evaluate_checkpoint(ckpt, paths["test"])
     assert result["n"] == 6 and result["force_mae_mev_per_a"] > 0
+
+
+def test_ema_decay_reaches_every_method_and_nequip_keeps_its_own_by_default():
+    averaged = MoleculesBenchConfig(ema_decay=0.99, max_epochs=7, lr=1e-3)
+    assert train_config(averaged, 0).ema_decay == 0.99
+    settings = nequip_settings(averaged, 2)
+    assert (settings.ema_decay, settings.seed, settings.max_epochs, settings.lr) == (0.99, 2, 7, 1e-3)
+    assert train_config(MoleculesBenchConfig(), 0).ema_decay is None
+    assert nequip_settings(MoleculesBenchConfig(), 0).ema_decay == 0.999  # nequip-train's practice, as before the key existed
 
 
 def test_third_axis_average_ignores_the_sign_of_e3():
