@@ -18,7 +18,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from geocanon import checkpoint
-from geocanon.bench.harness import train_config
+from geocanon.bench.harness import WarmupEMA, train_config
 from geocanon.bench.molecules import METHODS, MoleculesBenchConfig, evaluate_checkpoint, model_spec, nequip_settings, run
 from geocanon.data.molecules import KCAL_MOL_TO_EV, MDConfig, generate_molecule, one_hot_species, read_molecules
 from geocanon.frames import random_rotation
@@ -327,7 +327,7 @@ def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys
     cfg = MoleculesBenchConfig(
         molecule="toy", seeds=[0], train_file=str(paths["train"]), valid_file=str(paths["valid"]), test_file=str(paths["test"]),
         n_train=6, n_valid=6, n_test=6, hidden=8, layers=1, canon_hidden_mul=4, canon_layers=1, mlp_hidden=8, schnet_hidden=8,
-        schnet_interactions=1, max_epochs=1, batch_size=3, check_val_every_n_epoch=1, run_dir=str(tmp_path / "runs"),
+        schnet_interactions=1, max_epochs=1, batch_size=3, check_val_every_n_epoch=1, ema_decay=0.9, run_dir=str(tmp_path / "runs"),
         results=str(tmp_path / "results" / "molecules"), checkpoint_dir=str(tmp_path / "ckpt"), progress=False,
     )
     payload = run(cfg, nve_steps=3)
@@ -364,6 +364,29 @@ def test_ema_decay_reaches_every_method_and_nequip_keeps_its_own_by_default():
     assert (settings.ema_decay, settings.seed, settings.max_epochs, settings.lr) == (0.99, 2, 7, 1e-3)
     assert train_config(MoleculesBenchConfig(), 0).ema_decay is None
     assert nequip_settings(MoleculesBenchConfig(), 0).ema_decay == 0.999  # nequip-train's practice, as before the key existed
+    assert train_config(averaged, 0).ema_warmup and not train_config(MoleculesBenchConfig(ema_warmup=False), 0).ema_warmup
+
+
+def test_warmup_ema_ramps_its_decay_and_forgets_the_initial_weights():
+    """Update n sets a_n = d_n a_{n-1} + (1 - d_n) w_n with d_n = min(decay, n / (n + 9)); the first copies a_1 = w_1."""
+    weights = [torch.tensor([float(k)]) for k in range(400)]
+    averaged = torch.nn.Parameter(weights[0].clone())
+    model = torch.nn.Module()
+    model.w = averaged
+    ema = torch.optim.swa_utils.AveragedModel(model, **WarmupEMA(decay=0.99)._kwargs)
+    expected = weights[1]
+    for n, w in enumerate(weights[1:], start=1):
+        averaged.data.copy_(w)
+        ema.update_parameters(model)
+        decay = min(0.99, n / (n + 9))
+        expected = decay * expected + (1 - decay) * w
+    assert torch.allclose(ema.module.w, expected, rtol=1e-6), (ema.module.w, expected)
+    # a fixed decay lags further behind (~ 1 / (1 - decay) updates) and keeps a share 0.99^398 = 1.8% of the first update
+    assert ema.module.w.item() > 350  # 359.1; the fixed decay 0.99 gives 301.8
+    share = math.prod(min(0.99, n / (n + 9)) for n in range(2, 400))
+    assert share < 1e-10 < 0.99**398
+    with pytest.raises(ValueError, match="decay must be in"):
+        WarmupEMA(decay=1.0)
 
 
 def test_third_axis_average_ignores_the_sign_of_e3():

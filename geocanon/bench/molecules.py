@@ -127,8 +127,9 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     patience: int | None = None
     check_val_every_n_epoch: int = 5
     # exponential moving average of the weights (see TrainConfig) for geocanon's methods and SchNet; NequIP always
-    # keeps one (nequip-train's practice), with this decay when set, else 0.999
+    # keeps one (nequip-train's practice: decay 0.999 ramped up as in ema_warmup), with this decay when set
     ema_decay: float | None = None
+    ema_warmup: bool = True  # ramp the decay up as NequIP does (see WarmupEMA): without it 36 epochs end far worse
     # outputs
     run_dir: str = "runs/molecules"
     results: str = "benchmarks/results/molecules"
