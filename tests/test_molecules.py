@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -355,6 +358,15 @@ def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys
     assert "6 test structures in calls of 6;" in markdown and "6 test structures in calls of 1;" in markdown
     result = evaluate_checkpoint(ckpt, paths["test"])
     assert result["n"] == 6 and result["force_mae_mev_per_a"] > 0
+    # datasets/molecules/cross_sample.py scores it on "another sample" (here the same frames: the same error as its row)
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(paths["test"], other / "toy_0123456789_test.extxyz")
+    script = Path(__file__).resolve().parents[1] / "datasets" / "molecules" / "cross_sample.py"
+    subprocess.run([sys.executable, str(script), "--root", str(other), "--out", str(tmp_path / "cross"), ckpt], check=True, capture_output=True)
+    (row,) = json.loads((tmp_path / "cross.json").read_text())["rows"]
+    assert row["method"] in METHODS and row["force_mae_other_sample"] == pytest.approx(result["force_mae_mev_per_a"])
+    assert row["ratio"] == pytest.approx(1.0) and "| toy |" in (tmp_path / "cross.md").read_text()
 
 
 def test_ema_decay_reaches_every_method_and_nequip_keeps_its_own_by_default():

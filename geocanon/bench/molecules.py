@@ -52,6 +52,7 @@ from ..wrap import FrameAveraged, check_train_frames
 from .. import testing
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_alternating, time_per_call
 from .harness import HardwareSettings, fit, train_config
+from .nequip_anchor import NequIPConfig, train_and_measure
 from .results import markdown_table, provenance, write_results
 
 __all__ = [
@@ -389,10 +390,8 @@ def _normalisation(train: MoleculeDataset) -> tuple[float, float]:
     return shift, train.forces[train.mask].std().item()
 
 
-def nequip_settings(cfg: MoleculesBenchConfig, seed: int) -> Any:
+def nequip_settings(cfg: MoleculesBenchConfig, seed: int) -> NequIPConfig:
     """The :class:`~geocanon.bench.nequip_anchor.NequIPConfig` of the NequIP anchor: ``cfg``'s budget and optimiser settings."""
-    from .nequip_anchor import NequIPConfig
-
     return NequIPConfig(
         r_max=cfg.cutoff, l_max=cfg.nequip_lmax, num_layers=cfg.nequip_layers, num_features=cfg.nequip_features, seed=seed,
         max_epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, scheduler=cfg.scheduler,
@@ -403,10 +402,7 @@ def nequip_settings(cfg: MoleculesBenchConfig, seed: int) -> Any:
 
 def _train_nequip(seed: int, cfg: MoleculesBenchConfig, data: dict[str, MoleculeDataset], run_dir: Path, resume: bool) -> tuple[nn.Module, dict[str, Any]]:
     """NequIP with the budget and optimiser settings of ``cfg`` (see :func:`geocanon.bench.nequip_anchor.train_and_measure`)."""
-    from .nequip_anchor import train_and_measure
-
-    settings = nequip_settings(cfg, seed)
-    return train_and_measure(settings, data, run_dir, resume)
+    return train_and_measure(nequip_settings(cfg, seed), data, run_dir, resume)
 
 
 def _train_one(method: str, seed: int, cfg: MoleculesBenchConfig, data: dict[str, MoleculeDataset], resume: bool) -> tuple[nn.Module, dict[str, Any]]:
