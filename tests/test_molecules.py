@@ -367,6 +367,9 @@ def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys
     (row,) = json.loads((tmp_path / "cross.json").read_text())["rows"]
     assert row["method"] in METHODS and row["force_mae_other_sample"] == pytest.approx(result["force_mae_mev_per_a"])
     assert row["ratio"] == pytest.approx(1.0) and "| toy |" in (tmp_path / "cross.md").read_text()
+    bare = checkpoint.save(tmp_path / "bare.pt", checkpoint.load(ckpt)[0])  # no training row to compare with
+    failed = subprocess.run([sys.executable, str(script), "--root", str(other), "--out", str(tmp_path / "bare"), str(bare)], capture_output=True, text=True)
+    assert failed.returncode != 0 and "bare.pt holds no test result of its own" in failed.stderr
 
 
 def test_ema_decay_reaches_every_method_and_nequip_keeps_its_own_by_default():

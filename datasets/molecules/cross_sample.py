@@ -34,7 +34,9 @@ def main() -> None:
     rows = []
     for path in args.checkpoints:
         _, meta = checkpoint.load(path)
-        own = meta["row"]
+        own = meta.get("row")
+        if own is None:
+            raise ValueError(f"{path} holds no test result of its own (meta['row']): only checkpoints saved by `geocanon bench molecules` have one")
         found = sorted(args.root.glob(f"{own['molecule']}_*_test.extxyz"))
         if len(found) != 1:
             raise FileNotFoundError(f"need exactly one {own['molecule']}_*_test.extxyz in {args.root} for {path}, found {len(found)}")
