@@ -382,24 +382,21 @@ def test_ema_decay_reaches_every_method_and_nequip_keeps_its_own_by_default():
     assert train_config(averaged, 0).ema_warmup and not train_config(MoleculesBenchConfig(ema_warmup=False), 0).ema_warmup
 
 
-def test_warmup_ema_ramps_its_decay_and_forgets_the_initial_weights():
+def test_warmup_ema_ramps_its_decay_and_follows_recent_weights():
     """Update n sets a_n = d_n a_{n-1} + (1 - d_n) w_n with d_n = min(decay, n / (n + 9)); the first copies a_1 = w_1."""
     weights = [torch.tensor([float(k)]) for k in range(400)]
-    averaged = torch.nn.Parameter(weights[0].clone())
+    live = torch.nn.Parameter(weights[0].clone())
     model = torch.nn.Module()
-    model.w = averaged
-    ema = torch.optim.swa_utils.AveragedModel(model, **WarmupEMA(decay=0.99)._kwargs)
+    model.w = live
+    ema = torch.optim.swa_utils.AveragedModel(model, avg_fn=WarmupEMA(decay=0.99).average)
     expected = weights[1]
     for n, w in enumerate(weights[1:], start=1):
-        averaged.data.copy_(w)
+        live.data.copy_(w)
         ema.update_parameters(model)
         decay = min(0.99, n / (n + 9))
         expected = decay * expected + (1 - decay) * w
     assert torch.allclose(ema.module.w, expected, rtol=1e-6), (ema.module.w, expected)
-    # a fixed decay lags further behind (~ 1 / (1 - decay) updates) and keeps a share 0.99^398 = 1.8% of the first update
-    assert ema.module.w.item() > 350  # 359.1; the fixed decay 0.99 gives 301.8
-    share = math.prod(min(0.99, n / (n + 9)) for n in range(2, 400))
-    assert share < 1e-10 < 0.99**398
+    assert ema.module.w.item() > 350  # 359.1; a fixed decay of 0.99 lags further behind: 301.8
     with pytest.raises(ValueError, match="decay must be in"):
         WarmupEMA(decay=1.0)
 

@@ -88,9 +88,10 @@ class WarmupEMA(WeightAveraging):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = decay
-        super().__init__(avg_fn=self._average)
+        super().__init__(avg_fn=self.average)
 
-    def _average(self, averaged: Tensor, current: Tensor, num_averaged: Tensor | int) -> Tensor:
+    def average(self, averaged: Tensor, current: Tensor, num_averaged: Tensor | int) -> Tensor:
+        """The ``avg_fn`` of :class:`torch.optim.swa_utils.AveragedModel`: the average after ``num_averaged + 1`` updates."""
         decay = min(self.decay, (1 + int(num_averaged)) / (10 + int(num_averaged)))
         return decay * averaged + (1 - decay) * current
 
