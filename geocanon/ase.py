@@ -31,6 +31,9 @@ class Calculator(_AseCalculator):
         model: a checkpoint path, or a :class:`~geocanon.nn.energy.MolecularPotential`.
         dtype: evaluation dtype; float64 (default) keeps MD energy conservation free of float32 noise.
             A checkpoint is rebuilt under this default dtype (e3nn constants are baked at build time).
+
+    Isolated molecules only: periodic ``atoms`` (any ``pbc``), elements the model was not trained on and
+    degenerate geometries (a single atom; collinear atoms under frame averaging) raise ``ValueError``.
     """
 
     implemented_properties = ("energy", "free_energy", "forces")
@@ -51,6 +54,10 @@ class Calculator(_AseCalculator):
 
     def calculate(self, atoms: Any = None, properties: Any = ("energy",), system_changes: Any = all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
+        if self.atoms.pbc.any():
+            # the network sees the atoms of the cell only: periodic images would be silently ignored
+            raise ValueError(f"geocanon.ase.Calculator evaluates isolated molecules, but atoms.pbc = {self.atoms.pbc.tolist()}: "
+                             "periodic images are not modelled; set atoms.pbc = False for a molecule in vacuum")
         pos = torch.as_tensor(self.atoms.positions, dtype=self.dtype)[None]
         numbers = torch.as_tensor(self.atoms.numbers, dtype=torch.long)[None]
         with torch.no_grad():

@@ -283,6 +283,35 @@ def test_ase_calculator_runs_md_and_roundtrips_checkpoint(tmp_path):
     assert result["steps"] == 10 and np.isfinite(result["drift_ev_per_ps"])
 
 
+def test_ase_calculator_rejects_periodic_unknown_and_degenerate_atoms():
+    from ase import Atoms
+
+    from geocanon.ase import Calculator
+
+    calc = Calculator(_potential("frame-averaging"))
+    atoms = _toy_frames(1)[0]
+    atoms.calc = calc
+    assert np.isfinite(atoms.get_potential_energy())
+    periodic = atoms.copy()
+    periodic.cell, periodic.pbc = [10.0, 10.0, 10.0], [True, True, False]
+    periodic.calc = calc
+    with pytest.raises(ValueError, match=r"isolated molecules, but atoms.pbc = \[True, True, False\]"):
+        periodic.get_forces()
+    unknown = atoms.copy()
+    unknown.numbers[0] = 17  # chlorine: not among SPECIES
+    unknown.calc = calc
+    with pytest.raises(ValueError, match=r"atomic numbers \[17\] are not among the model's species"):
+        unknown.get_potential_energy()
+    line = Atoms("CO", positions=[[0.0, 0.0, 0.0], [1.2, 0.0, 0.0]])
+    line.calc = calc
+    with pytest.raises(ValueError, match="collinear"):
+        line.get_potential_energy()
+    single = Atoms("C", positions=[[0.0, 0.0, 0.0]])
+    single.calc = calc
+    with pytest.raises(ValueError, match="single-point"):
+        single.get_potential_energy()
+
+
 class _AtomEnergies(torch.nn.Module):
     """A user's own non-invariant energy network: per-atom MLP of raw coordinates and species, summed."""
 
