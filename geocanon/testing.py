@@ -64,7 +64,8 @@ def equivariance_error(
 
     Args:
         model: called as ``model(pos, **vectors, **scalars[, batch=][, mask=])``.
-        pos: dense [B, N, 3] (optional ``mask`` [B, N]) or flat [M, 3] with ``batch`` [M].
+        pos: dense [B, N, 3] (optional ``mask`` [B, N]; per-point outputs [B, N, ...] are compared on the real
+            points only) or flat [M, 3] with ``batch`` [M].
         group: "SO3", "O3" (with reflections), "SE3", "E3" (with translations).
         output: how the output transforms: "invariant", "vector" or "position".
         vectors / scalars: per-point keyword inputs (vectors are rotated, scalars are not).
@@ -89,12 +90,20 @@ def equivariance_error(
         for _ in range(trials):
             g = random_group_element(group, n_clouds, pos.dtype, pos.device, generator, translation_scale)
             moved_pos, moved_vectors = transform_inputs(g, pos, vectors, batch)
-            actual = model(moved_pos, **moved_vectors, **scalars, **extra)
-            expected = map_back(reference, g, output, batch)
+            actual = _real_points(model(moved_pos, **moved_vectors, **scalars, **extra), mask)
+            expected = _real_points(map_back(reference, g, output, batch), mask)
             scale = expected.norm().item()
             err = (actual - expected).norm().item()
             worst = max(worst, err / scale if scale > 0 else err)
     return worst
+
+
+def _real_points(out: Tensor, mask: Tensor | None) -> Tensor:
+    """Per-point dense outputs [B, N, ...] with padding zeroed (padding's outputs are not part of the contract);
+    per-cloud outputs as they are."""
+    if mask is None or out.ndim < 3 or out.shape[:2] != mask.shape:
+        return out
+    return out * mask.reshape(*mask.shape, *[1] * (out.ndim - 2)).to(out.dtype)
 
 
 def assert_equivariant(model: Callable[..., Tensor], pos: Tensor, tol: float | None = None, **kwargs) -> float:

@@ -218,6 +218,12 @@ class FrameAveraged(_FeatureRouting):
     Meant for a backbone trained on all orientations (``"random"`` or augmentation): more orientations
     average more of its orientation-dependent error away, like test-time augmentation made exact (on the
     N-body benchmark M = 8 lowers the test MSE by about 1%: docs/architecture.md).
+
+    ``point_weights="species", point_weight_values=[1.008, 12.011, 15.999]`` weighs the points of the PCA (and
+    of the skewness of ``sign_tolerance``) by ``features["species"] @ values`` ([B, N, C] @ [C]; a [B, N]
+    feature is used as it is): with one-hot species and atomic masses the frames are the principal axes of the
+    mass distribution about the centre of mass, so light atoms (hydrogens) turn them less. The weights must be
+    positive on real points; the feature is still passed to the backbone.
     """
 
     def __init__(
@@ -230,9 +236,17 @@ class FrameAveraged(_FeatureRouting):
         train_frames: str = "all",
         sign_tolerance: float | None = None,
         orientations: int = 1,
+        point_weights: str | None = None,
+        point_weight_values: Sequence[float] | None = None,
     ) -> None:
         super().__init__(backbone, output, vector_features, scalar_features)
         check_train_frames(train_frames)
+        if point_weights is not None and point_weights not in self.scalar_features:
+            raise ValueError(f"point_weights must name one of the scalar features {list(self.scalar_features)}, got {point_weights!r}")
+        if point_weight_values is not None and point_weights is None:
+            raise ValueError("point_weight_values needs point_weights, the scalar feature they weigh")
+        self.point_weights = point_weights
+        self.point_weight_values = None if point_weight_values is None else [float(v) for v in point_weight_values]
         if sign_tolerance is not None and not sign_tolerance > 0:
             raise ValueError(f"sign_tolerance must be a positive number or None, got {sign_tolerance!r}")
         self.group = group
@@ -240,6 +254,20 @@ class FrameAveraged(_FeatureRouting):
         self.sign_tolerance = sign_tolerance
         # not persistent: rebuilt identically from `orientations`, so checkpoints without it still load
         self.register_buffer("turns", fixed_turns(orientations), persistent=False)
+
+    def point_weights_of(self, scalars: dict[str, Tensor]) -> Tensor | None:
+        """The PCA's point weights [B, N] from the scalar features (the ``point_weights`` one, [B, N] or [B, N, C]
+        mapped by ``point_weight_values``); None when the points are not weighted."""
+        if self.point_weights is None:
+            return None
+        feature = scalars[self.point_weights]
+        if self.point_weight_values is None:
+            return feature
+        values = torch.tensor(self.point_weight_values, dtype=feature.dtype, device=feature.device)
+        if feature.ndim != 3 or feature.shape[-1] != len(values):
+            raise ValueError(f"point_weights feature {self.point_weights!r} must be [B, N, {len(values)}] to take "
+                             f"{len(values)} point_weight_values, got {list(feature.shape)}")
+        return feature @ values
 
     def set_orientations(self, orientations: int) -> None:
         """Average over ``orientations`` fixed orientations of every frame from now on (the same turns as
@@ -249,11 +277,12 @@ class FrameAveraged(_FeatureRouting):
     def forward(self, pos: Tensor, *, mask: Tensor | None = None, **features: Tensor) -> Tensor:
         """(Weighted) average of the mapped-back backbone outputs over the frames: same shapes as the backbone's."""
         vectors, scalars = self._split(features)
+        point_weights = self.point_weights_of(scalars)
         weights: Tensor | None = None
         if self.sign_tolerance is None:
-            frames = pca_frames(pos, mask=mask, group=self.group)
+            frames = pca_frames(pos, mask=mask, group=self.group, point_weights=point_weights)
         else:
-            frames, weights = weighted_pca_frames(pos, mask=mask, group=self.group, sign_tolerance=self.sign_tolerance)
+            frames, weights = weighted_pca_frames(pos, mask=mask, group=self.group, sign_tolerance=self.sign_tolerance, point_weights=point_weights)
         b = pos.shape[0]
         k = len(frames) // b
         offsets = k * torch.arange(b, device=pos.device)

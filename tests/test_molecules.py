@@ -495,6 +495,34 @@ def test_frame_averaging_with_invariant_filters_is_exact(dtype):
     _assert_e3_exact(model, dtype)
 
 
+@pytest.mark.parametrize("method", ["frame-averaging", "weighted-frames"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_mass_weighted_frames_are_exact_and_weigh_atoms_by_mass(method, dtype):
+    from ase.data import atomic_masses
+
+    cfg = MoleculesBenchConfig(hidden=16, layers=2, fa_point_weights="mass")
+    with default_dtype(dtype):
+        model = checkpoint.build(model_spec(method, cfg, SPECIES, 5, energy_shift=-1.0, energy_scale=0.5)).eval()
+        uniform = checkpoint.build(model_spec(method, MoleculesBenchConfig(hidden=16, layers=2), SPECIES, 5, energy_shift=-1.0, energy_scale=0.5)).eval()
+    energy = model.model
+    assert energy.point_weights == "species"
+    assert energy.point_weight_values == pytest.approx([atomic_masses[z] for z in SPECIES])
+    _assert_e3_exact(model, dtype)
+    uniform.load_state_dict(model.state_dict())
+    pos, numbers = _toy_batch(dtype)
+    assert (model(pos, numbers)[1] - uniform(pos, numbers)[1]).abs().max() > 1e-4  # the masses move the frames
+    from geocanon.bench.molecules import frames_per_structure
+    from geocanon.canonicalizers.frame_averaging import weighted_pca_frames
+
+    data = read_molecules_from(_toy_frames(3))
+    masses = torch.tensor([atomic_masses[z] for z in data.numbers.flatten().tolist()]).view(data.numbers.shape)
+    tolerance = energy.sign_tolerance or float("inf")
+    _, weights = weighted_pca_frames(data.pos, mask=data.mask, group="E3", sign_tolerance=tolerance, point_weights=masses)
+    assert frames_per_structure(model, data) == pytest.approx((weights > 0).sum(1).double().mean().item())
+    with pytest.raises(ValueError, match="fa_point_weights must be 'uniform' or 'mass'"):
+        MoleculesBenchConfig(fa_point_weights="charge")
+
+
 def test_gaussian_rbf_is_the_gaussian_and_zero_where_it_would_underflow():
     from geocanon.nn.energy import RBF_FLOOR, gaussian_rbf
 

@@ -297,6 +297,57 @@ def test_frame_averaging_is_exact_on_coplanar_clouds(group, sign_tolerance, outp
         model(line)
 
 
+@pytest.mark.parametrize("group", ["O3", "E3"])
+@pytest.mark.parametrize("sign_tolerance", [None, 0.3], ids=["uniform", "weighted"])
+@pytest.mark.parametrize("output", ["invariant", "vector", "position"])
+def test_mass_weighted_frames_are_exact_and_centred_on_the_centre_of_mass(group, sign_tolerance, output, dtype):
+    torch.manual_seed(4)
+    pos = torch.randn(3, 12, 3) * torch.tensor([3.0, 2.0, 1.0])
+    mass = torch.tensor([1.0, 12.0, 16.0])[torch.randint(0, 3, (3, 12, 1))]  # a per-point scalar feature [B, N, 1]
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, 8:] = False
+    mass[1, 8:] = 0.0  # padding's weight is ignored, whatever it is
+    kw = dict(group=group, output=output, scalar_features=["charge"], sign_tolerance=sign_tolerance)
+    model = FrameAveraged(PointMLP(per_point=output != "invariant", charge=True), point_weights="charge", point_weight_values=[1.0], **kw)
+    err = equivariance_error(model, pos, group, output, scalars={"charge": mass}, mask=mask)
+    assert err < tolerance(dtype), err
+    assert equivariance_error(model.backbone, pos, group, output, scalars={"charge": mass}, mask=mask) > 1e-2  # the check can fail
+    uniform = FrameAveraged(model.backbone, **kw)
+    assert (model(pos, charge=mass, mask=mask) - uniform(pos, charge=mass, mask=mask)).abs().max() > 1e-3  # the weights are used
+    alone = model(pos[1:2, :8], charge=mass[1:2, :8])[0]
+    assert torch.allclose(model(pos, charge=mass, mask=mask)[1][: len(alone)], alone, atol=10 * tolerance(dtype))
+    # the translation is the centre of mass, on dense and on flat (PyG) batches alike
+    w = mass[..., 0]
+    frames = pca_frames(pos, mask=mask, group=group, point_weights=w)
+    centre = (pos * (w * mask)[..., None]).sum(1) / (w * mask).sum(1, keepdim=True)
+    torch.testing.assert_close(frames.translation.view(3, 8, 3)[:, 0], centre if group == "E3" else torch.zeros_like(centre))
+    flat = pca_frames(pos[mask], batch=mask.nonzero()[:, 0], group=group, point_weights=w[mask])
+    torch.testing.assert_close(flat.rotation, frames.rotation)
+
+
+def test_point_weights_reject_bad_input():
+    pos = torch.randn(2, 6, 3) * torch.tensor([3.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match=r"point_weights must have the points' shape \[2, 6\]"):
+        pca_frames(pos, point_weights=torch.ones(2, 5))
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        w = torch.ones(2, 6)
+        w[1, 3] = bad
+        with pytest.raises(ValueError, match="finite and positive on every real point"):
+            weighted_pca_frames(pos, point_weights=w)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 3:] = False
+    w = torch.ones(2, 6)
+    w[1, 3:] = -5.0
+    pca_frames(pos, mask=mask, point_weights=w)  # padding may hold anything
+    with pytest.raises(ValueError, match="point_weights must name one of the scalar features"):
+        FrameAveraged(PointMLP(per_point=False, charge=True), scalar_features=["charge"], point_weights="mass")
+    with pytest.raises(ValueError, match="point_weight_values needs point_weights"):
+        FrameAveraged(PointMLP(per_point=False), point_weight_values=[1.0])
+    model = FrameAveraged(PointMLP(per_point=False, charge=True), scalar_features=["charge"], point_weights="charge", point_weight_values=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"must be \[B, N, 2\] to take 2 point_weight_values"):
+        model(pos, charge=torch.ones(2, 6, 1))
+
+
 def _skewness_flip(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """A cloud (not mirror-symmetric) at which the skewness along its least-variance axis is 0, and a bump
     direction along which that skewness changes sign: ([1, 30, 3], [1, 30, 3])."""
@@ -362,6 +413,23 @@ def test_identity_canonicalizer_fails_the_check():
     model = Canonicalized(PointMLP(per_point=False), IdentityCanonicalizer())
     with pytest.raises(AssertionError, match="exceeds tolerance"):
         assert_equivariant(model, torch.randn(2, 10, 3), group="SO3")
+
+
+def test_equivariance_error_compares_per_point_outputs_on_real_points_only(dtype):
+    """Padding's per-point outputs are not part of the contract: garbage there passes, an error on a real point fails."""
+    pos = torch.randn(2, 6, 3)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+
+    def centred(p, mask, garbage_at):
+        centre = (p * mask[..., None]).sum(1, keepdim=True) / mask.sum(1)[:, None, None]
+        out = p - centre  # equivariant vectors on the real points
+        out[garbage_at] = p[garbage_at].abs()  # not equivariant where it is written
+        return out
+
+    assert equivariance_error(lambda p, mask: centred(p, mask, (1, 5)), pos, "E3", "vector", mask=mask) < tolerance(dtype)
+    assert equivariance_error(lambda p, mask: centred(p, mask, (1, 3)), pos, "E3", "vector", mask=mask) > 1e-2
+    assert equivariance_error(lambda p: centred(p, mask, (1, 5)), pos, "E3", "vector") > 1e-2  # no mask: every point counts
 
 
 def test_gradients_flow_to_canonicalizer_and_backbone():

@@ -114,6 +114,8 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     fa_train_frames: str = "all"
     # weighted-frames*: skewness below which an axis' two signs are blended (see weighted_pca_frames)
     fa_sign_tolerance: float = 0.1
+    # frame-averaging / weighted-frames*: "uniform" PCA of the atoms, or "mass"-weighted (inertia axes, centre of mass)
+    fa_point_weights: str = "uniform"
     # NequIP anchor (cutoff = cutoff; see geocanon.bench.nequip_anchor.NequIPConfig)
     nequip_lmax: int = 1
     nequip_layers: int = 3
@@ -142,6 +144,8 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
         if unknown:
             raise ValueError(f"unknown molecule methods {sorted(unknown)}; choose from {METHODS + ANCHOR_METHODS}")
         check_train_frames(self.fa_train_frames, "fa_train_frames")
+        if self.fa_point_weights not in ("uniform", "mass"):
+            raise ValueError(f"fa_point_weights must be 'uniform' or 'mass', got {self.fa_point_weights!r}")
 
 
 def find_split(cfg: MoleculesBenchConfig, split: str) -> Path:
@@ -184,6 +188,10 @@ def model_spec(method: str, cfg: MoleculesBenchConfig, species: list[int], num_a
                                                        "output": "invariant", "scalar_features": ["species"], "train_frames": cfg.fa_train_frames}}
         if method != "frame-averaging":
             energy["config"]["sign_tolerance"] = cfg.fa_sign_tolerance
+        if cfg.fa_point_weights == "mass":
+            from ase.data import atomic_masses
+
+            energy["config"].update(point_weights="species", point_weight_values=[float(atomic_masses[z]) for z in species])
     elif method == "schnet":
         energy = {"name": "schnet", "config": {"hidden": cfg.schnet_hidden, "filters": cfg.schnet_hidden,
                                                "interactions": cfg.schnet_interactions, "cutoff": cfg.cutoff}}
@@ -297,7 +305,10 @@ def frames_per_structure(model: nn.Module, data: MoleculeDataset) -> float:
     if not isinstance(energy, FrameAveraged):
         return 1.0
     tolerance = math.inf if energy.sign_tolerance is None else energy.sign_tolerance  # inf: every frame, equal weights
-    _, weights = weighted_pca_frames(data.pos, mask=data.mask, group=energy.group, sign_tolerance=tolerance)
+    point_weights = None
+    if energy.point_weights is not None:
+        point_weights = energy.point_weights_of({energy.point_weights: one_hot_species(data.numbers, model.species, data.pos.dtype)})
+    _, weights = weighted_pca_frames(data.pos, mask=data.mask, group=energy.group, sign_tolerance=tolerance, point_weights=point_weights)
     return (weights > 0).sum(1).double().mean().item()
 
 

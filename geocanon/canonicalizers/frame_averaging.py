@@ -48,18 +48,28 @@ def smooth_step(z: Tensor) -> Tensor:
     return 0.5 + 0.25 * (3 * z - z**3)
 
 
-def _frames_and_weights(pos: Tensor, mask: Tensor | None, batch: Tensor | None, group: Group, sign_tolerance: float) -> tuple[Frame, Tensor]:
+def _frames_and_weights(pos: Tensor, mask: Tensor | None, batch: Tensor | None, group: Group, sign_tolerance: float,
+                        point_weights: Tensor | None) -> tuple[Frame, Tensor]:
     # rank 2 for every group: a coplanar cloud is its own mirror image through its plane, which no single O3/E3
     # frame can respect, but the frame set holds both signs of the plane's normal, with equal weights (its
     # skewness is 0), so the average is exact. Collinear clouds stay rejected: their two minor axes are arbitrary.
     check_points(pos, mask=mask, batch=batch, min_rank=2)
+    if point_weights is not None and point_weights.shape != pos.shape[:-1]:
+        raise ValueError(f"point_weights must have the points' shape {list(pos.shape[:-1])}, got {list(point_weights.shape)}")
     if batch is not None:
+        if point_weights is not None:
+            point_weights = to_dense(point_weights[:, None], batch)[0][..., 0]
         pos, mask = to_dense(pos, batch)
     if mask is None:
         mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
     else:  # padding may hold anything: zero it so no reduction sees it
         pos = pos.masked_fill(~mask[..., None], 0.0)
-    centroid, axes, variances = principal_axes(pos, mask)
+    if point_weights is not None:
+        real = point_weights[mask]
+        if not bool(torch.isfinite(real).all()) or not bool((real > 0).all()):
+            raise ValueError(f"point_weights must be finite and positive on every real point (e.g. atomic masses), got min {real.min().item():g}")
+        point_weights = point_weights.masked_fill(~mask, 0.0)
+    centroid, axes, variances = principal_axes(pos, mask, point_weights)
     if not has_reflections(group):
         # make the eigenvector basis proper so that the 4 even sign patterns all have det +1
         det = torch.linalg.det(axes)
@@ -72,34 +82,39 @@ def _frames_and_weights(pos: Tensor, mask: Tensor | None, batch: Tensor | None, 
     else:
         translation = pos.new_zeros(rotation.shape[0], 3)
     frames = Frame(rotation, translation)
-    skew = skewness(pos, mask, centroid, axes, variances)  # [B, 3], along the unsigned axes
+    skew = skewness(pos, mask, centroid, axes, variances, point_weights)  # [B, 3], along the unsigned axes
     per_axis = smooth_step(signs[None] * skew[:, None] / sign_tolerance)  # [B, K, 3]
     # proper groups: the third sign follows from the first two (det +1), so only those two are weighed
     weights = per_axis.prod(-1) if has_reflections(group) else per_axis[..., :2].prod(-1)
     return frames, weights
 
 
-def pca_frames(pos: Tensor, mask: Tensor | None = None, batch: Tensor | None = None, group: Group = "O3") -> Frame:
+def pca_frames(pos: Tensor, mask: Tensor | None = None, batch: Tensor | None = None, group: Group = "O3",
+               point_weights: Tensor | None = None) -> Frame:
     """All PCA sign frames of each cloud, flattened cloud-major.
 
     Args:
         pos: [B, N, 3] (with ``mask`` [B, N]) or flat [M, 3] with ``batch`` [M].
         group: "SO3"/"SE3" give K = 4 frames of det +1, "O3"/"E3" give K = 8.
+        point_weights: optional weight per point, [B, N] or [M], positive on real points (padding is ignored), e.g.
+            atomic masses: the principal axes of the mass distribution about the centre of mass (which is then the
+            translation). Weights that are invariant per-point scalars keep the frames equivariant.
 
     Returns:
         A Frame of length B * K (frames of cloud b at rows b*K ... b*K + K - 1); translation is the
         centroid for SE3/E3, zero otherwise.
     """
-    return _frames_and_weights(pos, mask, batch, group, math.inf)[0]
+    return _frames_and_weights(pos, mask, batch, group, math.inf, point_weights)[0]
 
 
 def weighted_pca_frames(
-    pos: Tensor, mask: Tensor | None = None, batch: Tensor | None = None, group: Group = "O3", sign_tolerance: float = 0.1
+    pos: Tensor, mask: Tensor | None = None, batch: Tensor | None = None, group: Group = "O3", sign_tolerance: float = 0.1,
+    point_weights: Tensor | None = None,
 ) -> tuple[Frame, Tensor]:
     """The frames of :func:`pca_frames` and their smooth weights (module docstring).
 
     Args:
-        pos, mask, batch, group: as for :func:`pca_frames`.
+        pos, mask, batch, group, point_weights: as for :func:`pca_frames` (the skewness is weighted alike).
         sign_tolerance: τ > 0, the skewness below which an axis' two signs are blended.
 
     Returns:
@@ -108,4 +123,4 @@ def weighted_pca_frames(
     """
     if not sign_tolerance > 0:
         raise ValueError(f"sign_tolerance must be a positive number, got {sign_tolerance!r}")
-    return _frames_and_weights(pos, mask, batch, group, float(sign_tolerance))
+    return _frames_and_weights(pos, mask, batch, group, float(sign_tolerance), point_weights)

@@ -18,54 +18,66 @@ from torch import Tensor
 from ..frames import Frame, Group, has_reflections
 from .base import Canonicalizer
 
-__all__ = ["PCACanonicalizer", "covariance", "principal_axes", "skewness"]
+__all__ = ["PCACanonicalizer", "covariance", "point_weights", "principal_axes", "skewness"]
 
 
-def covariance(pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Centroid [B, 3] and covariance [B, 3, 3] of each cloud (pos [B, N, 3], mask [B, N])."""
-    w = mask.to(pos.dtype)[..., None]
+def point_weights(pos: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
+    """The weight [B, N] of each point in the moments below: ``weights`` [B, N] (e.g. atomic masses) on the real
+    points, 1 when None; 0 on padding."""
+    real = mask.to(pos.dtype)
+    return real if weights is None else real * weights.to(pos.dtype)
+
+
+def covariance(pos: Tensor, mask: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Centroid [B, 3] and covariance [B, 3, 3] of each cloud (pos [B, N, 3], mask [B, N]).
+
+    With ``weights`` [B, N] (positive on real points) they are the weighted mean and covariance: atomic masses
+    give the centre of mass and the inertia ellipsoid's axes (see :func:`point_weights`).
+    """
+    w = point_weights(pos, mask, weights)[..., None]
     count = w.sum(1)
     centroid = (pos * w).sum(1) / count
     centred = (pos - centroid[:, None]) * w
     return centroid, centred.transpose(1, 2) @ centred / count[..., None]
 
 
-def principal_axes(pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def principal_axes(pos: Tensor, mask: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Centroid, principal axes and variances of each cloud.
 
     Args:
-        pos: [B, N, 3]; mask: [B, N].
+        pos: [B, N, 3]; mask: [B, N]; weights: optional [B, N] point weights (:func:`covariance`).
 
     Returns:
         centroid [B, 3], axes [B, 3, 3] (columns, by decreasing variance, signs arbitrary),
         variances [B, 3] (decreasing).
     """
-    centroid, cov = covariance(pos, mask)
+    centroid, cov = covariance(pos, mask, weights)
     variances, axes = torch.linalg.eigh(cov)  # ascending
     return centroid, axes.flip(-1), variances.flip(-1)
 
 
-def _third_moment_sums(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor) -> Tensor:
-    """``Σ_n p³`` over the real points of the projections ``p`` on each axis: [B, K] for axes [B, 3, K]."""
+def _third_moment_sums(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor, weights: Tensor | None = None) -> Tensor:
+    """``Σ_n w_n p³`` over the real points of the projections ``p`` on each axis: [B, K] for axes [B, 3, K]."""
     proj = (pos - centroid[:, None]) @ axes  # [B, N, K]
-    return (proj**3 * mask.to(pos.dtype)[..., None]).sum(1)
+    return (proj**3 * point_weights(pos, mask, weights)[..., None]).sum(1)
 
 
 #: relative variance added in :func:`skewness`, far below any real spread and far above float rounding
 FLAT_VARIANCE = 1e-9
 
 
-def skewness(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor, variances: Tensor) -> Tensor:
+def skewness(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor, variances: Tensor, weights: Tensor | None = None) -> Tensor:
     """Standardized third moment of the projections on each axis, ``mean(p³) / (var + ε var_max)^{3/2}``: [B, 3].
 
     Args: pos [B, N, 3] with padding zeroed, mask [B, N], centroid [B, 3], axes [B, 3, 3] (columns),
-    variances [B, 3] (of the projections on those axes). ``ε`` = :data:`FLAT_VARIANCE` makes a flat direction
+    variances [B, 3] (of the projections on those axes), optional point weights [B, N] (weighted mean and
+    moments, as in :func:`covariance`). ``ε`` = :data:`FLAT_VARIANCE` makes a flat direction
     (the normal of a coplanar cloud, whose variance is rounding noise) have skewness ~0 instead of a ratio
     of rounding errors, smoothly: it changes the skewness of any real spread by a relative ~1e-9.
     """
-    count = mask.to(pos.dtype).sum(1, keepdim=True)
+    count = point_weights(pos, mask, weights).sum(1, keepdim=True)
     floor = FLAT_VARIANCE * variances.amax(-1, keepdim=True).clamp_min(torch.finfo(pos.dtype).tiny)
-    return _third_moment_sums(pos, mask, centroid, axes) / count / (variances.clamp_min(0.0) + floor) ** 1.5
+    return _third_moment_sums(pos, mask, centroid, axes, weights) / count / (variances.clamp_min(0.0) + floor) ** 1.5
 
 
 def third_moment_signs(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor) -> Tensor:
