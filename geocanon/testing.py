@@ -13,6 +13,7 @@ Tolerances that hold for exactly equivariant models: ~1e-10 in float64, ~1e-5 in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -73,7 +74,8 @@ def equivariance_error(
         seed: seeds the group elements, for reproducible checks in CI.
 
     Returns:
-        max_trials ‖f(g·x) − g·f(x)‖ / ‖g·f(x)‖ (absolute error if the output is zero).
+        max_trials ‖f(g·x) − g·f(x)‖ / ‖g·f(x)‖ (absolute error if the output is zero); ``inf`` when an output
+        is NaN or infinite (so a model that returns NaN never passes).
     """
     vectors = dict(vectors or {})
     scalars = dict(scalars or {})
@@ -94,7 +96,10 @@ def equivariance_error(
             expected = _real_points(map_back(reference, g, output, batch), mask)
             scale = expected.norm().item()
             err = (actual - expected).norm().item()
-            worst = max(worst, err / scale if scale > 0 else err)
+            relative = err / scale if scale > 0 else err
+            if not math.isfinite(relative) or not math.isfinite(scale):  # NaN would slip through max(): fail instead
+                return math.inf
+            worst = max(worst, relative)
     return worst
 
 
@@ -103,7 +108,7 @@ def _real_points(out: Tensor, mask: Tensor | None) -> Tensor:
     per-cloud outputs as they are."""
     if mask is None or out.ndim < 3 or out.shape[:2] != mask.shape:
         return out
-    return out * mask.reshape(*mask.shape, *[1] * (out.ndim - 2)).to(out.dtype)
+    return torch.where(mask.reshape(*mask.shape, *[1] * (out.ndim - 2)), out, torch.zeros_like(out))  # NaN there too
 
 
 def assert_equivariant(model: Callable[..., Tensor], pos: Tensor, tol: float | None = None, **kwargs) -> float:

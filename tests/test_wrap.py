@@ -409,6 +409,15 @@ def test_pca_canonicalized_exact_on_generic_clouds(dtype):
     assert equivariance_error(model, pos, "SE3") < tolerance(dtype)
 
 
+def test_nan_outputs_fail_the_check():
+    """max() ignores NaN (max(0.0, nan) == 0.0): a model returning NaN must still fail, not pass with error 0."""
+    pos = torch.randn(2, 10, 3)
+    assert equivariance_error(lambda p: torch.full_like(p, float("nan")), pos, "SO3", "vector") == float("inf")
+    assert equivariance_error(lambda p: p.sum(1) * float("inf"), pos, "SO3", "vector") == float("inf")
+    with pytest.raises(AssertionError, match="exceeds tolerance"):
+        assert_equivariant(lambda p: p.norm(dim=-1) * float("nan"), pos, group="SO3")
+
+
 def test_identity_canonicalizer_fails_the_check():
     model = Canonicalized(PointMLP(per_point=False), IdentityCanonicalizer())
     with pytest.raises(AssertionError, match="exceeds tolerance"):
@@ -428,6 +437,8 @@ def test_equivariance_error_compares_per_point_outputs_on_real_points_only(dtype
         return out
 
     assert equivariance_error(lambda p, mask: centred(p, mask, (1, 5)), pos, "E3", "vector", mask=mask) < tolerance(dtype)
+    nan_padding = lambda p, mask: centred(p, mask, (1, 5)).index_put((torch.tensor(1), torch.tensor(4)), torch.tensor(float("nan")))
+    assert equivariance_error(nan_padding, pos, "E3", "vector", mask=mask) < tolerance(dtype)
     assert equivariance_error(lambda p, mask: centred(p, mask, (1, 3)), pos, "E3", "vector", mask=mask) > 1e-2
     assert equivariance_error(lambda p: centred(p, mask, (1, 5)), pos, "E3", "vector") > 1e-2  # no mask: every point counts
 

@@ -102,7 +102,7 @@ def pca_frames(pos: Tensor, mask: Tensor | None = None, batch: Tensor | None = N
 
     Returns:
         A Frame of length B * K (frames of cloud b at rows b*K ... b*K + K - 1); translation is the
-        centroid for SE3/E3, zero otherwise.
+        centroid (weighted by ``point_weights`` when given) for SE3/E3, zero otherwise.
     """
     return _frames_and_weights(pos, mask, batch, group, math.inf, point_weights)[0]
 

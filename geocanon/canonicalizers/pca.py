@@ -18,10 +18,10 @@ from torch import Tensor
 from ..frames import Frame, Group, has_reflections
 from .base import Canonicalizer
 
-__all__ = ["PCACanonicalizer", "covariance", "point_weights", "principal_axes", "skewness"]
+__all__ = ["PCACanonicalizer", "covariance", "moment_weights", "principal_axes", "skewness"]
 
 
-def point_weights(pos: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
+def moment_weights(pos: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
     """The weight [B, N] of each point in the moments below: ``weights`` [B, N] (e.g. atomic masses) on the real
     points, 1 when None; 0 on padding."""
     real = mask.to(pos.dtype)
@@ -32,9 +32,9 @@ def covariance(pos: Tensor, mask: Tensor, weights: Tensor | None = None) -> tupl
     """Centroid [B, 3] and covariance [B, 3, 3] of each cloud (pos [B, N, 3], mask [B, N]).
 
     With ``weights`` [B, N] (positive on real points) they are the weighted mean and covariance: atomic masses
-    give the centre of mass and the inertia ellipsoid's axes (see :func:`point_weights`).
+    give the centre of mass and the inertia ellipsoid's axes (see :func:`moment_weights`).
     """
-    w = point_weights(pos, mask, weights)[..., None]
+    w = moment_weights(pos, mask, weights)[..., None]
     count = w.sum(1)
     centroid = (pos * w).sum(1) / count
     centred = (pos - centroid[:, None]) * w
@@ -59,7 +59,7 @@ def principal_axes(pos: Tensor, mask: Tensor, weights: Tensor | None = None) -> 
 def _third_moment_sums(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor, weights: Tensor | None = None) -> Tensor:
     """``Σ_n w_n p³`` over the real points of the projections ``p`` on each axis: [B, K] for axes [B, 3, K]."""
     proj = (pos - centroid[:, None]) @ axes  # [B, N, K]
-    return (proj**3 * point_weights(pos, mask, weights)[..., None]).sum(1)
+    return (proj**3 * moment_weights(pos, mask, weights)[..., None]).sum(1)
 
 
 #: relative variance added in :func:`skewness`, far below any real spread and far above float rounding
@@ -75,7 +75,7 @@ def skewness(pos: Tensor, mask: Tensor, centroid: Tensor, axes: Tensor, variance
     (the normal of a coplanar cloud, whose variance is rounding noise) have skewness ~0 instead of a ratio
     of rounding errors, smoothly: it changes the skewness of any real spread by a relative ~1e-9.
     """
-    count = point_weights(pos, mask, weights).sum(1, keepdim=True)
+    count = moment_weights(pos, mask, weights).sum(1, keepdim=True)
     floor = FLAT_VARIANCE * variances.amax(-1, keepdim=True).clamp_min(torch.finfo(pos.dtype).tiny)
     return _third_moment_sums(pos, mask, centroid, axes, weights) / count / (variances.clamp_min(0.0) + floor) ** 1.5
 
