@@ -83,6 +83,15 @@ FACTORIES = textwrap.dedent(
 
     def pair():
         return Pair()
+
+
+    class NaNs(nn.Module):
+        def forward(self, pos, mask=None):
+            return pos.sum(1) * float("nan")
+
+
+    def nans():
+        return NaNs()
     '''
 )
 
@@ -136,6 +145,12 @@ def test_vector_outputs_with_named_features(factories, capsys):
     # the declared output type matters: vectors do not translate, positions would
     wrong = [f if f != "vector" else "position" for f in features]
     assert run_check(capsys, f"{factories}:velocity_wrapped", *wrong)[0] == 1
+
+
+def test_a_model_returning_nan_fails(factories, capsys):
+    code, out, _ = run_check(capsys, f"{factories}:nans", "--trials", "1", "--points", "8")
+    assert code == 1 and out.strip().endswith("FAIL"), out
+    assert "error:  inf" in out and "contains NaN/Inf" in out
 
 
 def test_module_form_imports_from_the_current_folder(factories, capsys, monkeypatch):
