@@ -337,8 +337,8 @@ def test_point_weights_reject_bad_input():
     mask = torch.ones(2, 6, dtype=torch.bool)
     mask[1, 3:] = False
     w = torch.ones(2, 6)
-    w[1, 3:] = -5.0
-    pca_frames(pos, mask=mask, point_weights=w)  # padding may hold anything
+    w[1, 3:] = torch.tensor([-5.0, float("nan"), float("inf")])
+    assert torch.isfinite(pca_frames(pos, mask=mask, point_weights=w).rotation).all()  # padding may hold anything
     with pytest.raises(ValueError, match="point_weights must name one of the scalar features"):
         FrameAveraged(PointMLP(per_point=False, charge=True), scalar_features=["charge"], point_weights="mass")
     with pytest.raises(ValueError, match="point_weight_values needs point_weights"):

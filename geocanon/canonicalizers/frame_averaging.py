@@ -68,7 +68,6 @@ def _frames_and_weights(pos: Tensor, mask: Tensor | None, batch: Tensor | None, 
         real = point_weights[mask]
         if not bool(torch.isfinite(real).all()) or not bool((real > 0).all()):
             raise ValueError(f"point_weights must be finite and positive on every real point (e.g. atomic masses), got min {real.min().item():g}")
-        point_weights = point_weights.masked_fill(~mask, 0.0)
     centroid, axes, variances = principal_axes(pos, mask, point_weights)
     if not has_reflections(group):
         # make the eigenvector basis proper so that the 4 even sign patterns all have det +1

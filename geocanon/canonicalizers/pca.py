@@ -23,9 +23,10 @@ __all__ = ["PCACanonicalizer", "covariance", "moment_weights", "principal_axes",
 
 def moment_weights(pos: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
     """The weight [B, N] of each point in the moments below: ``weights`` [B, N] (e.g. atomic masses) on the real
-    points, 1 when None; 0 on padding."""
-    real = mask.to(pos.dtype)
-    return real if weights is None else real * weights.to(pos.dtype)
+    points, 1 when None; 0 on padding, whatever ``weights`` holds there (NaN included)."""
+    if weights is None:
+        return mask.to(pos.dtype)
+    return torch.where(mask, weights.to(pos.dtype), torch.zeros((), dtype=pos.dtype, device=pos.device))
 
 
 def covariance(pos: Tensor, mask: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
