@@ -523,6 +523,26 @@ def test_mass_weighted_frames_are_exact_and_weigh_atoms_by_mass(method, dtype):
         MoleculesBenchConfig(fa_point_weights="charge")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_frame_orientations_are_exact_and_multiply_the_backbone_calls(dtype):
+    from geocanon.bench.molecules import frames_per_structure
+
+    cfg = MoleculesBenchConfig(hidden=16, layers=2, fa_train_frames="random", fa_orientations=3)
+    with default_dtype(dtype):
+        model = checkpoint.build(model_spec("frame-averaging", cfg, SPECIES, 5, energy_shift=-1.0, energy_scale=0.5)).eval()
+        single = checkpoint.build(model_spec("frame-averaging", MoleculesBenchConfig(hidden=16, layers=2), SPECIES, 5, energy_shift=-1.0, energy_scale=0.5)).eval()
+    assert len(model.model.turns) == 3 and model.model.train_frames == "random"
+    assert "orientations" not in single.model.geocanon_spec["config"]  # earlier runs' specs are unchanged
+    _assert_e3_exact(model, dtype)
+    single.load_state_dict(model.state_dict())
+    pos, numbers = _toy_batch(dtype)
+    assert (model(pos, numbers)[1] - single(pos, numbers)[1]).abs().max() > 1e-4  # the extra orientations are averaged
+    assert frames_per_structure(model, read_molecules_from(_toy_frames(3))) == 24.0
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="fa_orientations must be a positive integer"):
+            MoleculesBenchConfig(fa_orientations=bad)
+
+
 def test_gaussian_rbf_is_the_gaussian_and_zero_where_it_would_underflow():
     from geocanon.nn.energy import RBF_FLOOR, gaussian_rbf
 

@@ -48,7 +48,7 @@ from ..canonicalizers.learned import E3nnCanonicalizer
 from ..data.molecules import MoleculeDataset, file_sha256, one_hot_species, read_molecules
 from ..frames import random_group_element
 from ..nn.candidates import ThirdAxisAveraged
-from ..wrap import FrameAveraged, check_train_frames
+from ..wrap import FrameAveraged, check_orientations, check_train_frames
 from .. import testing
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_alternating, time_per_call
 from .harness import HardwareSettings, fit, train_config
@@ -116,6 +116,9 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     fa_sign_tolerance: float = 0.1
     # frame-averaging / weighted-frames*: "uniform" PCA of the atoms, or "mass"-weighted (inertia axes, centre of mass)
     fa_point_weights: str = "uniform"
+    # frame-averaging / weighted-frames*: fixed orientations per frame wherever all frames are averaged (evaluation;
+    # training too with fa_train_frames "all"): M times the backbone calls (see FrameAveraged's ``orientations``)
+    fa_orientations: int = 1
     # NequIP anchor (cutoff = cutoff; see geocanon.bench.nequip_anchor.NequIPConfig)
     nequip_lmax: int = 1
     nequip_layers: int = 3
@@ -146,6 +149,7 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
         check_train_frames(self.fa_train_frames, "fa_train_frames")
         if self.fa_point_weights not in ("uniform", "mass"):
             raise ValueError(f"fa_point_weights must be 'uniform' or 'mass', got {self.fa_point_weights!r}")
+        check_orientations(self.fa_orientations, "fa_orientations")
 
 
 def find_split(cfg: MoleculesBenchConfig, split: str) -> Path:
@@ -192,6 +196,8 @@ def model_spec(method: str, cfg: MoleculesBenchConfig, species: list[int], num_a
             from ase.data import atomic_masses
 
             energy["config"].update(point_weights="species", point_weight_values=[float(atomic_masses[z]) for z in species])
+        if cfg.fa_orientations > 1:  # only then: the specs of earlier runs stay as they were, so they resume
+            energy["config"]["orientations"] = cfg.fa_orientations
     elif method == "schnet":
         energy = {"name": "schnet", "config": {"hidden": cfg.schnet_hidden, "filters": cfg.schnet_hidden,
                                                "interactions": cfg.schnet_interactions, "cutoff": cfg.cutoff}}
@@ -297,8 +303,8 @@ def frame_sensitivity(model: nn.Module, data: MoleculeDataset, jitter: float = 0
 
 
 def frames_per_structure(model: nn.Module, data: MoleculeDataset) -> float:
-    """Mean number of backbone calls per structure: the frames of non-zero weight of a FrameAveraged energy
-    (8 without sign tolerance), 2 for ThirdAxisAveraged, otherwise 1."""
+    """Mean number of backbone calls per structure at evaluation: the frames of non-zero weight of a FrameAveraged
+    energy (8 without sign tolerance) times its orientations per frame, 2 for ThirdAxisAveraged, otherwise 1."""
     energy = model.model
     if isinstance(energy, ThirdAxisAveraged):
         return 2.0
@@ -309,7 +315,7 @@ def frames_per_structure(model: nn.Module, data: MoleculeDataset) -> float:
     if energy.point_weights is not None:
         point_weights = energy.point_weights_of({energy.point_weights: one_hot_species(data.numbers, model.species, data.pos.dtype)})
     _, weights = weighted_pca_frames(data.pos, mask=data.mask, group=energy.group, sign_tolerance=tolerance, point_weights=point_weights)
-    return (weights > 0).sum(1).double().mean().item()
+    return (weights > 0).sum(1).double().mean().item() * len(energy.turns)
 
 
 def skewness_gap(data: MoleculeDataset) -> Tensor:
@@ -493,7 +499,7 @@ def _markdown(payload: dict[str, Any]) -> str:
         "Errors at the best-validation epoch: energy MAE in meV, force MAE in meV/Å (over all force components), mean and "
         "std over seeds. force_equivariance_error = max ‖F(g·x) − g·F(x)‖/‖g·F(x)‖ over 4 random elements of the "
         "method's group (E3 incl. reflections; SE3 for canonicalized-se3), float32, 200 test frames. inference = energy + forces, batches of 100, per structure; "
-        "frames_per_structure = backbone calls per test structure (frame averaging 8; weighted frames: those of non-zero weight). "
+        "frames_per_structure = backbone calls per test structure (frame averaging 8; weighted frames: those of non-zero weight; times the orientations per frame, fa_orientations). "
         "skewness_spearman = rank correlation of the per-structure force MAE with the smallest |skewness| of the atoms "
         "along a principal axis (0 where PCA's sign rule flips, e.g. mirror-symmetric geometries; per-run decile numbers in the JSON). "
         "frame_spearman = rank correlation of the per-structure force MAE with the frame conditioning "
