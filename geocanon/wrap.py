@@ -222,8 +222,9 @@ class FrameAveraged(_FeatureRouting):
     ``point_weights="species", point_weight_values=[1.008, 12.011, 15.999]`` weighs the points of the PCA (and
     of the skewness of ``sign_tolerance``) by ``features["species"] @ values`` ([B, N, C] @ [C]; a [B, N]
     feature is used as it is): with one-hot species and atomic masses the frames are the principal axes of the
-    mass distribution about the centre of mass, so light atoms (hydrogens) turn them less. The weights must be
-    positive on real points; the feature is still passed to the backbone.
+    mass distribution about the centre of mass, so light atoms (hydrogens) turn them less; with values 0 for hydrogen
+    and 1 for the other elements they are the frames of the heavy-atom skeleton. The weights must be non-negative on
+    real points, and those of positive weight must span at least a plane; the feature is still passed to the backbone.
     """
 
     def __init__(

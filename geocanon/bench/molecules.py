@@ -82,6 +82,24 @@ ANCHOR_METHODS = ("nequip",)
 LATENCY_STRUCTURES = 20
 
 
+#: ``fa_point_weights``: how the atoms are weighed in the PCA of the frames (see :func:`atom_weights`)
+POINT_WEIGHTS = ("uniform", "mass", "heavy")
+
+
+def atom_weights(kind: str, species: list[int]) -> list[float]:
+    """The PCA weight of each element of ``species`` for ``fa_point_weights=kind``: 1 for "uniform", the atomic
+    mass for "mass", 0 for hydrogen and 1 otherwise for "heavy"."""
+    if kind == "mass":
+        from ase.data import atomic_masses
+
+        return [float(atomic_masses[z]) for z in species]
+    if kind == "heavy":
+        return [0.0 if z == 1 else 1.0 for z in species]
+    if kind == "uniform":
+        return [1.0] * len(species)
+    raise ValueError(f"fa_point_weights must be one of {POINT_WEIGHTS}, got {kind!r}")
+
+
 @dataclass
 class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     """Everything a run depends on (YAML keys of ``benchmarks/molecules*.yaml``)."""
@@ -114,7 +132,8 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     fa_train_frames: str = "all"
     # weighted-frames*: skewness below which an axis' two signs are blended (see weighted_pca_frames)
     fa_sign_tolerance: float = 0.1
-    # frame-averaging / weighted-frames*: "uniform" PCA of the atoms, or "mass"-weighted (inertia axes, centre of mass)
+    # frame-averaging / weighted-frames*: "uniform" PCA of the atoms, "mass"-weighted (inertia axes, centre of mass) or
+    # "heavy" (the PCA of the atoms other than hydrogen: frames of the heavy-atom skeleton)
     fa_point_weights: str = "uniform"
     # frame-averaging / weighted-frames*: fixed orientations per frame wherever all frames are averaged (evaluation;
     # training too with fa_train_frames "all"): M times the backbone calls (see FrameAveraged's ``orientations``)
@@ -147,8 +166,8 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
         if unknown:
             raise ValueError(f"unknown molecule methods {sorted(unknown)}; choose from {METHODS + ANCHOR_METHODS}")
         check_train_frames(self.fa_train_frames, "fa_train_frames")
-        if self.fa_point_weights not in ("uniform", "mass"):
-            raise ValueError(f"fa_point_weights must be 'uniform' or 'mass', got {self.fa_point_weights!r}")
+        if self.fa_point_weights not in POINT_WEIGHTS:
+            raise ValueError(f"fa_point_weights must be one of {POINT_WEIGHTS}, got {self.fa_point_weights!r}")
         check_orientations(self.fa_orientations, "fa_orientations")
 
 
@@ -192,10 +211,8 @@ def model_spec(method: str, cfg: MoleculesBenchConfig, species: list[int], num_a
                                                        "output": "invariant", "scalar_features": ["species"], "train_frames": cfg.fa_train_frames}}
         if method != "frame-averaging":
             energy["config"]["sign_tolerance"] = cfg.fa_sign_tolerance
-        if cfg.fa_point_weights == "mass":
-            from ase.data import atomic_masses
-
-            energy["config"].update(point_weights="species", point_weight_values=[float(atomic_masses[z]) for z in species])
+        if cfg.fa_point_weights != "uniform":
+            energy["config"].update(point_weights="species", point_weight_values=atom_weights(cfg.fa_point_weights, species))
         if cfg.fa_orientations > 1:  # only then: the specs of earlier runs stay as they were, so they resume
             energy["config"]["orientations"] = cfg.fa_orientations
     elif method == "schnet":

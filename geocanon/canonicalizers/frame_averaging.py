@@ -66,8 +66,10 @@ def _frames_and_weights(pos: Tensor, mask: Tensor | None, batch: Tensor | None, 
         pos = pos.masked_fill(~mask[..., None], 0.0)
     if point_weights is not None:
         real = point_weights[mask]
-        if not bool(torch.isfinite(real).all()) or not bool((real > 0).all()):
-            raise ValueError(f"point_weights must be finite and positive on every real point (e.g. atomic masses), got min {real.min().item():g}")
+        if not bool(torch.isfinite(real).all()) or not bool((real >= 0).all()):
+            raise ValueError(f"point_weights must be finite and non-negative on every real point (e.g. atomic masses), got min {real.min().item():g}")
+        if not bool((real > 0).all()):  # points of weight 0 take no part in the frames: the others must determine them
+            check_points(pos, mask=mask & (point_weights > 0), name="pos (its points of positive weight)", min_rank=2)
     centroid, axes, variances = principal_axes(pos, mask, point_weights)
     if not has_reflections(group):
         # make the eigenvector basis proper so that the 4 even sign patterns all have det +1
@@ -95,9 +97,11 @@ def pca_frames(pos: Tensor, mask: Tensor | None = None, batch: Tensor | None = N
     Args:
         pos: [B, N, 3] (with ``mask`` [B, N]) or flat [M, 3] with ``batch`` [M].
         group: "SO3"/"SE3" give K = 4 frames of det +1, "O3"/"E3" give K = 8.
-        point_weights: optional weight per point, [B, N] or [M], positive on real points (padding is ignored), e.g.
+        point_weights: optional weight per point, [B, N] or [M], non-negative on real points (padding is ignored), e.g.
             atomic masses: the principal axes of the mass distribution about the centre of mass (which is then the
-            translation). Weights that are invariant per-point scalars keep the frames equivariant.
+            translation). Points of weight 0 take no part in the frames (e.g. hydrogens: the frames of the heavy-atom
+            skeleton); those of positive weight must span at least a plane. Weights that are invariant per-point
+            scalars keep the frames equivariant.
 
     Returns:
         A Frame of length B * K (frames of cloud b at rows b*K ... b*K + K - 1); translation is the
