@@ -495,32 +495,44 @@ def test_frame_averaging_with_invariant_filters_is_exact(dtype):
     _assert_e3_exact(model, dtype)
 
 
+@pytest.mark.parametrize("kind", ["mass", "heavy"])
 @pytest.mark.parametrize("method", ["frame-averaging", "weighted-frames"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-def test_mass_weighted_frames_are_exact_and_weigh_atoms_by_mass(method, dtype):
+def test_weighted_atom_frames_are_exact_and_weigh_atoms_as_configured(kind, method, dtype):
     from ase.data import atomic_masses
 
-    cfg = MoleculesBenchConfig(hidden=16, layers=2, fa_point_weights="mass")
+    from geocanon.bench.molecules import atom_weights
+
+    cfg = MoleculesBenchConfig(hidden=16, layers=2, fa_point_weights=kind)
     with default_dtype(dtype):
         model = checkpoint.build(model_spec(method, cfg, SPECIES, 5, energy_shift=-1.0, energy_scale=0.5)).eval()
         uniform = checkpoint.build(model_spec(method, MoleculesBenchConfig(hidden=16, layers=2), SPECIES, 5, energy_shift=-1.0, energy_scale=0.5)).eval()
     energy = model.model
     assert energy.point_weights == "species"
-    assert energy.point_weight_values == pytest.approx([atomic_masses[z] for z in SPECIES])
+    expected = [atomic_masses[z] for z in SPECIES] if kind == "mass" else [0.0, 1.0, 1.0]  # heavy: hydrogen left out
+    assert energy.point_weight_values == pytest.approx(expected) == atom_weights(kind, SPECIES)
     _assert_e3_exact(model, dtype)
     uniform.load_state_dict(model.state_dict())
     pos, numbers = _toy_batch(dtype)
-    assert (model(pos, numbers)[1] - uniform(pos, numbers)[1]).abs().max() > 1e-4  # the masses move the frames
+    assert (model(pos, numbers)[1] - uniform(pos, numbers)[1]).abs().max() > 1e-4  # the weights move the frames
     from geocanon.bench.molecules import frames_per_structure
     from geocanon.canonicalizers.frame_averaging import weighted_pca_frames
 
     data = read_molecules_from(_toy_frames(3))
-    masses = torch.tensor([atomic_masses[z] for z in data.numbers.flatten().tolist()]).view(data.numbers.shape)
+    weights = torch.tensor(expected)[torch.searchsorted(torch.tensor(SPECIES), data.numbers)]
     tolerance = energy.sign_tolerance or float("inf")
-    _, weights = weighted_pca_frames(data.pos, mask=data.mask, group="E3", sign_tolerance=tolerance, point_weights=masses)
-    assert frames_per_structure(model, data) == pytest.approx((weights > 0).sum(1).double().mean().item())
-    with pytest.raises(ValueError, match="fa_point_weights must be 'uniform' or 'mass'"):
+    _, frame_weights = weighted_pca_frames(data.pos, mask=data.mask, group="E3", sign_tolerance=tolerance, point_weights=weights)
+    assert frames_per_structure(model, data) == pytest.approx((frame_weights > 0).sum(1).double().mean().item())
+
+
+def test_atom_weights_reject_unknown_kinds():
+    from geocanon.bench.molecules import atom_weights
+
+    assert atom_weights("uniform", SPECIES) == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"fa_point_weights must be one of \('uniform', 'mass', 'heavy'\), got 'charge'"):
         MoleculesBenchConfig(fa_point_weights="charge")
+    with pytest.raises(ValueError, match="fa_point_weights must be one of"):
+        atom_weights("charge", SPECIES)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])

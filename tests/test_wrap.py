@@ -325,15 +325,51 @@ def test_mass_weighted_frames_are_exact_and_centred_on_the_centre_of_mass(group,
     torch.testing.assert_close(flat.rotation, frames.rotation)
 
 
+@pytest.mark.parametrize("sign_tolerance", [None, 0.3], ids=["uniform", "weighted"])
+def test_zero_weight_points_take_no_part_in_the_frames(sign_tolerance, dtype):
+    torch.manual_seed(5)
+    pos = torch.randn(2, 9, 3) * torch.tensor([3.0, 2.0, 1.0])
+    heavy = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0])  # e.g. 0 for hydrogens, 1 for heavy atoms
+    charge = heavy.expand(2, 9)[..., None]
+    model = FrameAveraged(PointMLP(per_point=True, charge=True), group="E3", output="vector", scalar_features=["charge"],
+                          point_weights="charge", point_weight_values=[1.0], sign_tolerance=sign_tolerance)
+    err = equivariance_error(model, pos, "E3", "vector", scalars={"charge": charge})
+    assert err < tolerance(dtype), err
+    assert equivariance_error(model.backbone, pos, "E3", "vector", scalars={"charge": charge}) > 1e-2  # the check can fail
+    # the frames are those of the positive-weight points alone: moving the others leaves them as they were
+    keep = heavy > 0
+    frames = pca_frames(pos, group="E3", point_weights=heavy.expand(2, 9))
+    alone = pca_frames(pos[:, keep], group="E3")
+    torch.testing.assert_close(frames.rotation, alone.rotation)
+    torch.testing.assert_close(frames.translation, alone.translation)
+    moved = pos.clone()
+    moved[:, ~keep] += torch.randn_like(moved[:, ~keep])
+    torch.testing.assert_close(pca_frames(moved, group="E3", point_weights=heavy.expand(2, 9)).rotation, frames.rotation)
+    # three positive-weight points span only a plane (ethanol's C, C, O): accepted, both normals averaged
+    three = torch.zeros(9)
+    three[:3] = 1.0
+    skeleton = pos.clone()
+    skeleton[:, :3] = torch.tensor([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0], [2.0, 1.3, 0.0]]) + 0.1 * torch.randn(2, 3, 3)
+    err = equivariance_error(model, skeleton, "E3", "vector", scalars={"charge": three.expand(2, 9)[..., None]})
+    assert err < tolerance(dtype), err
+
+
 def test_point_weights_reject_bad_input():
     pos = torch.randn(2, 6, 3) * torch.tensor([3.0, 2.0, 1.0])
     with pytest.raises(ValueError, match=r"point_weights must have the points' shape \[2, 6\]"):
         pca_frames(pos, point_weights=torch.ones(2, 5))
-    for bad in (0.0, -1.0, float("nan"), float("inf")):
+    for bad in (-1.0, float("nan"), float("inf")):
         w = torch.ones(2, 6)
         w[1, 3] = bad
-        with pytest.raises(ValueError, match="finite and positive on every real point"):
+        with pytest.raises(ValueError, match="finite and non-negative on every real point"):
             weighted_pca_frames(pos, point_weights=w)
+    w = torch.ones(2, 6)
+    w[1, 2:] = 0.0  # two points of positive weight: a line
+    with pytest.raises(ValueError, match=r"pos \(its points of positive weight\): points are collinear in cloud\(s\) \[1\]"):
+        pca_frames(pos, point_weights=w)
+    w[1] = 0.0
+    with pytest.raises(ValueError, match=r"pos \(its points of positive weight\) has empty cloud\(s\) \[1\]"):
+        pca_frames(pos, point_weights=w)
     mask = torch.ones(2, 6, dtype=torch.bool)
     mask[1, 3:] = False
     w = torch.ones(2, 6)
