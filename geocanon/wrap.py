@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .canonicalizers.base import Canonicalizer
 from .canonicalizers.frame_averaging import pca_frames, weighted_pca_frames
 from .frames import Frame, Group, has_reflections, random_rotation
-from .layout import to_dense
+from .layout import num_clouds, to_dense
 from .validation import check_dense_batch
 
 #: ``FrameAveraged(train_frames=...)``: every frame in each training step, one sampled frame per cloud, or one
@@ -189,8 +189,9 @@ class FrameAveraged(_FeatureRouting):
     """Frame averaging over the PCA sign frames (Puny et al. 2022): the backbone runs K times per cloud.
 
     K = 4 for SO3/SE3 and 8 for O3/E3 (see :func:`~geocanon.canonicalizers.frame_averaging.pca_frames`).
-    Coplanar clouds (planar molecules) are accepted for every group, collinear ones are not. Dense input only ([B, N, 3] with optional mask [B, N]); same call convention and ``output``
-    types as :class:`Canonicalized`. Invariant outputs are averaged as they are (logits).
+    Coplanar clouds (planar molecules) are accepted for every group, collinear ones are not. Dense ([B, N, 3] with
+    optional mask [B, N]) or flat PyG input ([M, 3] with ``batch`` [M]); same call convention and ``output`` types as
+    :class:`Canonicalized`. Invariant outputs are averaged as they are (logits).
 
     ``train_frames="sampled"`` makes training cost one backbone call per cloud instead of K: in
     training mode each cloud goes through one of its K frames drawn uniformly at random (an unbiased
@@ -256,17 +257,19 @@ class FrameAveraged(_FeatureRouting):
         # not persistent: rebuilt identically from `orientations`, so checkpoints without it still load
         self.register_buffer("turns", fixed_turns(orientations), persistent=False)
 
-    def point_weights_of(self, scalars: dict[str, Tensor]) -> Tensor | None:
-        """The PCA's point weights [B, N] from the scalar features (the ``point_weights`` one, [B, N] or [B, N, C]
-        mapped by ``point_weight_values``); None when the points are not weighted."""
+    def point_weights_of(self, scalars: dict[str, Tensor], pos: Tensor | None = None) -> Tensor | None:
+        """The PCA's point weights from the scalar features: the ``point_weights`` one ([B, N] dense or [M] flat as it
+        is, or [B, N, C] / [M, C] mapped by ``point_weight_values``, C of them); None when the points are not weighted.
+        ``pos`` ([B, N, 3] or [M, 3]) gives the layout (default dense)."""
         if self.point_weights is None:
             return None
         feature = scalars[self.point_weights]
         if self.point_weight_values is None:
             return feature
         values = torch.tensor(self.point_weight_values, dtype=feature.dtype, device=feature.device)
-        if feature.ndim != 3 or feature.shape[-1] != len(values):
-            raise ValueError(f"point_weights feature {self.point_weights!r} must be [B, N, {len(values)}] to take "
+        leading = "[B, N" if pos is None or pos.ndim == 3 else "[M"
+        if feature.ndim != (3 if pos is None else pos.ndim) or feature.shape[-1] != len(values):
+            raise ValueError(f"point_weights feature {self.point_weights!r} must be {leading}, {len(values)}] to take "
                              f"{len(values)} point_weight_values, got {list(feature.shape)}")
         return feature @ values
 
@@ -275,16 +278,41 @@ class FrameAveraged(_FeatureRouting):
         ``FrameAveraged(..., orientations=M)``; e.g. to evaluate a trained model with more of them)."""
         self.turns = fixed_turns(orientations).to(self.turns.device)
 
-    def forward(self, pos: Tensor, *, mask: Tensor | None = None, **features: Tensor) -> Tensor:
-        """(Weighted) average of the mapped-back backbone outputs over the frames: same shapes as the backbone's."""
+    @staticmethod
+    def _flat_copies(batch: Tensor, cloud: Tensor, num: int) -> tuple[Tensor, Tensor]:
+        """For flat input: the points of every frame's cloud, one copy per frame (frames in order).
+
+        Args: ``batch`` [M] (sorted cloud index of each point), ``cloud`` [F] (the cloud of each frame), ``num`` = B.
+        Returns: ``rows`` [M_F], the input point of each copied point, and ``frame_of`` [M_F], its frame: the batch
+        vector of the backbone's call.
+        """
+        # by hand: neither torch nor PyG repeats the segments of a flat batch by an index (repeat_interleave
+        # repeats single rows)
+        counts = torch.bincount(batch, minlength=num)
+        first = counts.cumsum(0) - counts  # index of each cloud's first point
+        sizes = counts[cloud]  # [F]
+        frame_of = torch.repeat_interleave(torch.arange(len(cloud), device=batch.device), sizes)
+        within = torch.arange(len(frame_of), device=batch.device) - (sizes.cumsum(0) - sizes)[frame_of]
+        return first[cloud][frame_of] + within, frame_of
+
+    def forward(self, pos: Tensor, *, batch: Tensor | None = None, mask: Tensor | None = None, **features: Tensor) -> Tensor:
+        """(Weighted) average of the mapped-back backbone outputs over the frames: same shapes as the backbone's.
+
+        Dense input ``pos`` [B, N, 3] (optional ``mask`` [B, N]) calls the backbone with a dense batch of B·K clouds
+        (``mask=`` when given); flat PyG input ``pos`` [M, 3] with ``batch`` [M] calls it with a flat batch of the
+        points of every frame (``batch=``), and a ``"vector"`` / ``"position"`` output is then per point [M, 3].
+        """
+        if batch is not None and mask is not None:
+            raise ValueError("pass either batch= (flat input [M, 3]) or mask= (dense input [B, N, 3]), not both")
         vectors, scalars = self._split(features)
-        point_weights = self.point_weights_of(scalars)
+        point_weights = self.point_weights_of(scalars, pos)
         weights: Tensor | None = None
         if self.sign_tolerance is None:
-            frames = pca_frames(pos, mask=mask, group=self.group, point_weights=point_weights)
+            frames = pca_frames(pos, mask=mask, batch=batch, group=self.group, point_weights=point_weights)
         else:
-            frames, weights = weighted_pca_frames(pos, mask=mask, group=self.group, sign_tolerance=self.sign_tolerance, point_weights=point_weights)
-        b = pos.shape[0]
+            frames, weights = weighted_pca_frames(pos, mask=mask, batch=batch, group=self.group, sign_tolerance=self.sign_tolerance,
+                                                  point_weights=point_weights)
+        b = pos.shape[0] if batch is None else num_clouds(batch)
         k = len(frames) // b
         offsets = k * torch.arange(b, device=pos.device)
         if self.training and self.train_frames != "all":
@@ -300,20 +328,28 @@ class FrameAveraged(_FeatureRouting):
             weights = None if weights is None else weights.repeat_interleave(m, 1) / m
         if weights is None:  # every frame, equal weights
             cloud = torch.arange(b, device=pos.device).repeat_interleave(k)
+            frame_weights = None
         else:  # only the frames of non-zero weight
             kept = (weights > 0).flatten().nonzero()[:, 0]
-            frames, cloud = frames[kept], kept // k
+            frames, cloud, frame_weights = frames[kept], kept // k, weights.flatten()[kept]
 
         pos, vectors = self._without_padding(pos, vectors, mask)
-        pos_c = frames.to_canonical_points(pos[cloud])
-        vectors_c = {name: frames.to_canonical_vectors(v[cloud]) for name, v in vectors.items()}
-        scalars_k = {name: s[cloud] for name, s in scalars.items()}
-        out = self._call_backbone(pos_c, vectors_c, scalars_k, None, None if mask is None else mask[cloud])
-        out = map_back(out, frames, self.output)
-        if weights is None:
+        # each frame's copy of its cloud: dense rows of clouds, or flat rows of points with their frame as batch
+        rows, frame_of = (cloud, None) if batch is None else self._flat_copies(batch, cloud, b)
+        pos_c = frames.to_canonical_points(pos[rows], frame_of)
+        vectors_c = {name: frames.to_canonical_vectors(v[rows], frame_of) for name, v in vectors.items()}
+        scalars_k = {name: s[rows] for name, s in scalars.items()}
+        out = self._call_backbone(pos_c, vectors_c, scalars_k, frame_of, None if mask is None else mask[cloud])
+        out = map_back(out, frames, self.output, None if self.output == "invariant" else frame_of)
+        per_point = frame_of is not None and out.shape[0] == len(frame_of)  # flat per-point output (never one row per frame)
+        if frame_weights is None and not per_point:
             return out.unflatten(0, (b, k)).mean(1)
-        weighted = out * weights.flatten()[kept].reshape(-1, *[1] * (out.ndim - 1))
-        return out.new_zeros(b, *out.shape[1:]).index_add(0, cloud, weighted)
+        if frame_weights is None:
+            frame_weights = out.new_full((len(frames),), 1.0 / k)
+        target, size = (rows, len(pos)) if per_point else (cloud, b)
+        share = frame_weights[frame_of] if per_point else frame_weights
+        weighted = out * share.reshape(-1, *[1] * (out.ndim - 1))
+        return out.new_zeros(size, *out.shape[1:]).index_add(0, target, weighted)
 
 
 class Comoving(nn.Module):

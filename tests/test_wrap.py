@@ -110,6 +110,48 @@ def test_frame_averaging_is_exact(group, dtype):
     assert equivariance_error(vec_model, pos, group, "vector") < tolerance(dtype)
 
 
+@pytest.mark.parametrize("group", ["SO3", "O3", "SE3", "E3"])
+@pytest.mark.parametrize("output", ["invariant", "vector", "position"])
+@pytest.mark.parametrize("sign_tolerance", [None, 0.3], ids=["uniform", "weighted"])
+def test_frame_averaging_on_flat_pyg_batches_matches_dense_and_is_exact(group, output, sign_tolerance, dtype):
+    torch.manual_seed(6)
+    sizes = [7, 12, 9]
+    clouds = [torch.randn(n, 3) * torch.tensor([3.0, 2.0, 1.0]) for n in sizes]
+    charges = [torch.rand(n, 1) + 0.5 for n in sizes]
+    pos, charge = torch.cat(clouds), torch.cat(charges)
+    batch = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    model = FrameAveraged(PointMLP(per_point=output != "invariant", charge=True), group=group, output=output, scalar_features=["charge"],
+                          sign_tolerance=sign_tolerance, point_weights="charge", point_weight_values=[1.0], orientations=2)
+    flat = model(pos, charge=charge, batch=batch)
+    assert flat.shape == ((3, 4) if output == "invariant" else (sum(sizes), 3))
+    for i, (c, q) in enumerate(zip(clouds, charges)):  # each cloud as it comes out of a dense call on its own
+        alone = model(c[None], charge=q[None])[0]
+        torch.testing.assert_close(flat[i] if output == "invariant" else flat[batch == i], alone, atol=10 * tolerance(dtype), rtol=0)
+    err = equivariance_error(model, pos, group, output, scalars={"charge": charge}, batch=batch)
+    assert err < tolerance(dtype), err
+    assert equivariance_error(model.backbone, pos, group, output, scalars={"charge": charge}, batch=batch) > 1e-2  # the check can fail
+    model.train()  # one frame per cloud in training, flat as well
+    assert model(pos, charge=charge, batch=batch).shape == flat.shape
+    with pytest.raises(ValueError, match="either batch= .* or mask="):
+        model.eval()(pos[None], charge=charge[None], batch=batch, mask=torch.ones(1, len(pos), dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"must be \[M, 1\] to take 1 point_weight_values"):
+        model(pos, charge=charge[:, 0], batch=batch)
+
+
+def test_frame_averaging_takes_pyg_batch_objects_with_per_point_invariant_outputs(dtype):
+    from torch_geometric.data import Batch, Data
+
+    torch.manual_seed(7)
+    data = Batch.from_data_list([Data(pos=torch.randn(n, 3) * torch.tensor([3.0, 2.0, 1.0])) for n in (5, 8, 11)])
+    model = FrameAveraged(PointMLP(per_point=True), group="E3", output="invariant")  # e.g. per-point segmentation logits
+    out = model(data.pos, batch=data.batch)
+    assert out.shape == (24, 3)
+    assert equivariance_error(model, data.pos, "E3", "invariant", batch=data.batch) < tolerance(dtype)
+    torch.testing.assert_close(out[data.batch == 1], model(data.pos[data.batch == 1][None])[0], atol=10 * tolerance(dtype), rtol=0)
+    with pytest.raises(ValueError, match="empty"):
+        model(data.pos[:5], batch=torch.tensor([0, 0, 0, 2, 2]))
+
+
 def test_sampled_frame_averaging_trains_through_one_frame_and_evaluates_all(dtype):
     pos = torch.randn(4, 30, 3) * torch.tensor([3.0, 2.0, 1.0])
     model = FrameAveraged(PointMLP(per_point=False), group="SO3", train_frames="sampled")
