@@ -257,18 +257,18 @@ class FrameAveraged(_FeatureRouting):
         # not persistent: rebuilt identically from `orientations`, so checkpoints without it still load
         self.register_buffer("turns", fixed_turns(orientations), persistent=False)
 
-    def point_weights_of(self, scalars: dict[str, Tensor], pos: Tensor | None = None) -> Tensor | None:
+    def point_weights_of(self, scalars: dict[str, Tensor], pos: Tensor) -> Tensor | None:
         """The PCA's point weights from the scalar features: the ``point_weights`` one ([B, N] dense or [M] flat as it
         is, or [B, N, C] / [M, C] mapped by ``point_weight_values``, C of them); None when the points are not weighted.
-        ``pos`` ([B, N, 3] or [M, 3]) gives the layout (default dense)."""
+        ``pos`` ([B, N, 3] or [M, 3]) gives the layout."""
         if self.point_weights is None:
             return None
         feature = scalars[self.point_weights]
         if self.point_weight_values is None:
             return feature
         values = torch.tensor(self.point_weight_values, dtype=feature.dtype, device=feature.device)
-        leading = "[B, N" if pos is None or pos.ndim == 3 else "[M"
-        if feature.ndim != (3 if pos is None else pos.ndim) or feature.shape[-1] != len(values):
+        leading = "[B, N" if pos.ndim == 3 else "[M"
+        if feature.ndim != pos.ndim or feature.shape[-1] != len(values):
             raise ValueError(f"point_weights feature {self.point_weights!r} must be {leading}, {len(values)}] to take "
                              f"{len(values)} point_weight_values, got {list(feature.shape)}")
         return feature @ values
@@ -340,7 +340,7 @@ class FrameAveraged(_FeatureRouting):
         vectors_c = {name: frames.to_canonical_vectors(v[rows], frame_of) for name, v in vectors.items()}
         scalars_k = {name: s[rows] for name, s in scalars.items()}
         out = self._call_backbone(pos_c, vectors_c, scalars_k, frame_of, None if mask is None else mask[cloud])
-        out = map_back(out, frames, self.output, None if self.output == "invariant" else frame_of)
+        out = map_back(out, frames, self.output, frame_of)
         per_point = frame_of is not None and out.shape[0] == len(frame_of)  # flat per-point output (never one row per frame)
         if frame_weights is None and not per_point:
             return out.unflatten(0, (b, k)).mean(1)

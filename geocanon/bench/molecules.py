@@ -330,7 +330,7 @@ def frames_per_structure(model: nn.Module, data: MoleculeDataset) -> float:
     tolerance = math.inf if energy.sign_tolerance is None else energy.sign_tolerance  # inf: every frame, equal weights
     point_weights = None
     if energy.point_weights is not None:
-        point_weights = energy.point_weights_of({energy.point_weights: one_hot_species(data.numbers, model.species, data.pos.dtype)})
+        point_weights = energy.point_weights_of({energy.point_weights: one_hot_species(data.numbers, model.species, data.pos.dtype)}, data.pos)
     _, weights = weighted_pca_frames(data.pos, mask=data.mask, group=energy.group, sign_tolerance=tolerance, point_weights=point_weights)
     return (weights > 0).sum(1).double().mean().item() * len(energy.turns)
 
