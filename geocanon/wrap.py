@@ -86,7 +86,7 @@ class _FeatureRouting(nn.Module):
         self.vector_features = tuple(vector_features)
         self.scalar_features = tuple(scalar_features)
 
-    def _split(self, features: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def _split(self, features: dict[str, Tensor], pos: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         unknown = set(features) - set(self.vector_features) - set(self.scalar_features)
         if unknown:
             raise ValueError(
@@ -100,6 +100,10 @@ class _FeatureRouting(nn.Module):
         for name, v in vectors.items():
             if v.shape[-1] != 3:
                 raise ValueError(f"vector feature {name!r} must end in 3 components, got {list(v.shape)}")
+        points = pos.shape[:-1]  # [B, N] or [M]: every feature is per point
+        for name, x in features.items():
+            if x.shape[: len(points)] != points:
+                raise ValueError(f"feature {name!r} must be per point, shape {list(points)} + [...] like pos {list(pos.shape)}, got {list(x.shape)}")
         return vectors, scalars
 
     @staticmethod
@@ -154,7 +158,7 @@ class Canonicalized(_FeatureRouting):
 
     def forward(self, pos: Tensor, *, batch: Tensor | None = None, mask: Tensor | None = None, **features: Tensor) -> Tensor:
         """Backbone output in input coordinates (see class docstring for shapes)."""
-        vectors, scalars = self._split(features)
+        vectors, scalars = self._split(features, pos)
         can = self.canonicalizer
         frame = can(
             pos,
@@ -286,14 +290,10 @@ class FrameAveraged(_FeatureRouting):
         Returns: ``rows`` [M_F], the input point of each copied point, and ``frame_of`` [M_F], its frame: the batch
         vector of the backbone's call.
         """
-        # by hand: neither torch nor PyG repeats the segments of a flat batch by an index (repeat_interleave
-        # repeats single rows)
-        counts = torch.bincount(batch, minlength=num)
-        first = counts.cumsum(0) - counts  # index of each cloud's first point
-        sizes = counts[cloud]  # [F]
-        frame_of = torch.repeat_interleave(torch.arange(len(cloud), device=batch.device), sizes)
-        within = torch.arange(len(frame_of), device=batch.device) - (sizes.cumsum(0) - sizes)[frame_of]
-        return first[cloud][frame_of] + within, frame_of
+        index, real = to_dense(torch.arange(len(batch), device=batch.device)[:, None], batch, num)  # [B, N, 1], [B, N]
+        real = real[cloud]  # [F, N]
+        frame_of = torch.arange(len(cloud), device=batch.device)[:, None].expand_as(real)
+        return index[cloud][..., 0][real], frame_of[real]
 
     def forward(self, pos: Tensor, *, batch: Tensor | None = None, mask: Tensor | None = None, **features: Tensor) -> Tensor:
         """(Weighted) average of the mapped-back backbone outputs over the frames: same shapes as the backbone's.
@@ -304,7 +304,7 @@ class FrameAveraged(_FeatureRouting):
         """
         if batch is not None and mask is not None:
             raise ValueError("pass either batch= (flat input [M, 3]) or mask= (dense input [B, N, 3]), not both")
-        vectors, scalars = self._split(features)
+        vectors, scalars = self._split(features, pos)
         point_weights = self.point_weights_of(scalars, pos)
         weights: Tensor | None = None
         if self.sign_tolerance is None:

@@ -152,6 +152,17 @@ def test_frame_averaging_takes_pyg_batch_objects_with_per_point_invariant_output
         model(data.pos[:5], batch=torch.tensor([0, 0, 0, 2, 2]))
 
 
+def test_wrappers_reject_features_that_are_not_per_point():
+    pos, batch = torch.randn(7, 3), torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    wrappers = [FrameAveraged(PointMLP(per_point=False, charge=True), group="E3", scalar_features=["charge"]),
+                Canonicalized(PointMLP(per_point=False, charge=True), PCACanonicalizer("E3"), scalar_features=["charge"])]
+    for model in wrappers:
+        with pytest.raises(ValueError, match=r"feature 'charge' must be per point, shape \[7\]"):
+            model(pos, charge=torch.ones(9, 1), batch=batch)  # longer than pos: a gather would not notice
+        with pytest.raises(ValueError, match=r"feature 'charge' must be per point, shape \[2, 5\]"):
+            model(torch.randn(2, 5, 3), charge=torch.ones(2, 4, 1))
+
+
 def test_sampled_frame_averaging_trains_through_one_frame_and_evaluates_all(dtype):
     pos = torch.randn(4, 30, 3) * torch.tensor([3.0, 2.0, 1.0])
     model = FrameAveraged(PointMLP(per_point=False), group="SO3", train_frames="sampled")
