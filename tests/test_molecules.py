@@ -20,9 +20,11 @@ import torch
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from geocanon import checkpoint
+from geocanon import FrameAveraged, checkpoint
+from geocanon.bench import molecules as molecules_bench
 from geocanon.bench.harness import WarmupEMA, train_config
-from geocanon.bench.molecules import METHODS, MoleculesBenchConfig, evaluate_checkpoint, model_spec, nequip_settings, run
+from geocanon.bench.molecules import (AUGMENT_IN_FRAMES, METHODS, MoleculesBenchConfig, evaluate_checkpoint, model_spec, nequip_settings, run,
+                                      validation_loss)
 from geocanon.data.molecules import KCAL_MOL_TO_EV, MDConfig, generate_molecule, one_hot_species, read_molecules
 from geocanon.frames import random_rotation
 from geocanon.testing import default_tolerance, equivariance_error
@@ -354,17 +356,24 @@ def test_users_own_energy_network_in_ase_is_exact(tmp_path):
         checkpoint.save(tmp_path / "unused.pt", calc.model)
 
 
-def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys):
-    paths = _write_split_files(tmp_path)
-    cfg = MoleculesBenchConfig(
+def _tiny_bench(tmp_path: Path, paths: dict[str, Path], **overrides) -> MoleculesBenchConfig:
+    """A benchmark configuration small enough to train every method in seconds on the toy split files."""
+    settings = dict(
         molecule="toy", seeds=[0], train_file=str(paths["train"]), valid_file=str(paths["valid"]), test_file=str(paths["test"]),
         n_train=6, n_valid=6, n_test=6, hidden=8, layers=1, canon_hidden_mul=4, canon_layers=1, mlp_hidden=8, schnet_hidden=8,
         schnet_interactions=1, max_epochs=1, batch_size=3, check_val_every_n_epoch=1, ema_decay=0.9, run_dir=str(tmp_path / "runs"),
         results=str(tmp_path / "results" / "molecules"), checkpoint_dir=str(tmp_path / "ckpt"), progress=False,
     )
-    payload = run(cfg, nve_steps=3)
+    return MoleculesBenchConfig(**{**settings, **overrides})
+
+
+def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys):
+    paths = _write_split_files(tmp_path)
+    payload = run(_tiny_bench(tmp_path, paths), nve_steps=3)
     entry = payload["molecules"]["toy"]
     assert entry["complete"] and [r["method"] for r in entry["runs"]] == list(METHODS)
+    trained = {p.name for p in (tmp_path / "runs" / "toy").iterdir()}
+    assert trained == set(METHODS) - set(AUGMENT_IN_FRAMES)  # augment-fa / augment-wf reuse the augment run
     for row in entry["runs"]:
         assert np.isfinite(row["energy_mae_mev"]) and np.isfinite(row["force_mae_mev_per_a"]) and row["n"] == 6
         assert -1 <= row["conditioning_skewness"]["spearman"] <= 1 and row["frames_per_structure"] >= 1
@@ -399,6 +408,27 @@ def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys
     bare = checkpoint.save(tmp_path / "bare.pt", checkpoint.load(ckpt)[0])  # no training row to compare with
     failed = subprocess.run([sys.executable, str(script), "--root", str(other), "--out", str(tmp_path / "bare"), str(bare)], capture_output=True, text=True)
     assert failed.returncode != 0 and "bare.pt holds no test result of its own" in failed.stderr
+
+
+def test_augment_in_frames_wraps_the_trained_augment_backbone_exactly(tmp_path):
+    """augment-fa / augment-wf put the augment run's weights, unchanged, inside frames: exact where augment is not; their
+    rows keep its training and score the wrapped model on the validation split as the harness scores a trained one."""
+    cfg = _tiny_bench(tmp_path, _write_split_files(tmp_path), max_epochs=3, ema_decay=None)
+    data = molecules_bench._datasets(cfg)
+    fitted: dict = {}
+    augmented, augment_row = molecules_bench._train_one("augment", 0, cfg, data, False, fitted)
+    # the harness's best validation loss, recomputed from the reloaded best weights: the two measures are the same
+    assert validation_loss(augmented, data, cfg.energy_weight) == pytest.approx(augment_row["best_val_loss"], rel=1e-5)
+    assert augment_row["force_equivariance_error"] > 1e-3
+    for method, frames in AUGMENT_IN_FRAMES.items():
+        model, row = molecules_bench._train_one(method, 0, cfg, data, False, fitted)
+        assert isinstance(model.model, FrameAveraged) and model.model.sign_tolerance == (cfg.fa_sign_tolerance if frames == "weighted-frames" else None)
+        wrapped, trained = model.model.backbone.state_dict(), augmented.model.state_dict()
+        assert wrapped.keys() == trained.keys() and all(torch.equal(wrapped[k], trained[k]) for k in trained)
+        assert (row["method"], row["train_time_s"], row["best_epoch"]) == (method, augment_row["train_time_s"], augment_row["best_epoch"])
+        assert row["best_val_loss"] == pytest.approx(validation_loss(model, data, cfg.energy_weight)) != augment_row["best_val_loss"]
+        assert row["force_equivariance_error"] < 10 * default_tolerance(torch.float32), (method, row["force_equivariance_error"])
+    assert [p.name for p in (tmp_path / "runs" / "toy").iterdir()] == ["augment"]  # trained once for all three
 
 
 def test_ema_decay_reaches_every_method_and_nequip_keeps_its_own_by_default():

@@ -18,6 +18,10 @@ trained by the shared harness on the same frames with the same budget:
   symmetry; ``weighted-frames-mlp``: the same around an EnergyMLP over the canonical coordinates (atoms in
   the data's fixed order), the cheap backbone;
 * ``augment``: the bare EnergyGNN with random E(3) augmentation (rotations, reflections, translations);
+* ``augment-fa`` / ``augment-wf``: the ``augment`` run's backbone (the same weights, trained once in its run
+  folder) inside the frames of ``frame-averaging`` / ``weighted-frames`` at inference, without retraining:
+  the equivariant adaptation of a model trained without frames (Mondal et al. 2023), exact where the
+  augmented backbone is only approximately invariant, at the training cost of augmentation;
 * ``schnet``: PyG's SchNet (invariant by construction) on a dense radius graph;
 * ``nequip`` (the equivariant anchor; optional, ``pip install 'geocanon[nequip]'``, not run by default):
   NequIP trained from scratch by its own ``nequip-train`` on the same frames with the same epochs, batch
@@ -57,6 +61,7 @@ from .results import markdown_table, provenance, write_results
 
 __all__ = [
     "ANCHOR_METHODS",
+    "AUGMENT_IN_FRAMES",
     "METHODS",
     "SAVED_METHODS",
     "MoleculeObjective",
@@ -69,13 +74,16 @@ __all__ = [
     "model_spec",
     "nequip_settings",
     "run",
+    "validation_loss",
 ]
 
 METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "frame-averaging", "weighted-frames",
-           "weighted-frames-mlp", "augment", "schnet")
+           "weighted-frames-mlp", "augment", "augment-fa", "augment-wf", "schnet")
 #: the methods whose model is saved as the molecule's checkpoint when best (by validation loss): geocanon's wrappers
 SAVED_METHODS = ("canonicalized", "canonicalized-avg", "canonicalized-se3", "canonicalized-mlp", "frame-averaging", "weighted-frames",
-                 "weighted-frames-mlp")
+                 "weighted-frames-mlp", "augment-fa", "augment-wf")
+#: methods that put the ``augment`` run's trained backbone inside another method's frames at inference
+AUGMENT_IN_FRAMES = {"augment-fa": "frame-averaging", "augment-wf": "weighted-frames"}
 #: methods from other packages (optional dependencies): run when named in ``methods``, never by default
 ANCHOR_METHODS = ("nequip",)
 #: structures timed one at a time per round for the batch-1 latency (the ASE calculator's case)
@@ -199,6 +207,8 @@ def _datasets(cfg: MoleculesBenchConfig) -> dict[str, MoleculeDataset]:
 
 def model_spec(method: str, cfg: MoleculesBenchConfig, species: list[int], num_atoms: int, energy_shift: float, energy_scale: float) -> dict[str, Any]:
     """The checkpoint spec of ``method``'s :class:`~geocanon.nn.energy.MolecularPotential`."""
+    if method in AUGMENT_IN_FRAMES:
+        return model_spec(AUGMENT_IN_FRAMES[method], cfg, species, num_atoms, energy_shift, energy_scale)
     t = len(species)
     gnn = {"name": "energy_gnn", "config": {"num_species": t, "hidden": cfg.hidden, "layers": cfg.layers, "num_rbf": cfg.num_rbf, "cutoff": cfg.cutoff,
                                             "coordinate_unit": cfg.gnn_coordinate_unit or cfg.cutoff, "init": cfg.gnn_init,
@@ -439,20 +449,68 @@ def _train_nequip(seed: int, cfg: MoleculesBenchConfig, data: dict[str, Molecule
     return train_and_measure(nequip_settings(cfg, seed), data, run_dir, resume)
 
 
-def _train_one(method: str, seed: int, cfg: MoleculesBenchConfig, data: dict[str, MoleculeDataset], resume: bool) -> tuple[nn.Module, dict[str, Any]]:
+def _fit(method: str, seed: int, cfg: MoleculesBenchConfig, data: dict[str, MoleculeDataset], resume: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """Train (or, finished, reload) ``method``'s model on ``seed`` in ``run_dir/molecule/method/seed<seed>``: the model and its training row."""
     run_dir = Path(cfg.run_dir) / cfg.molecule / method / f"seed{seed}"
-    if method == "nequip":
-        model, row = _train_nequip(seed, cfg, data, run_dir, resume)
-        return model, {"molecule": cfg.molecule, "method": method, "seed": seed, **row}
     torch.manual_seed(seed)
     shift, scale = _normalisation(data["train"])
     model = checkpoint.build(model_spec(method, cfg, data["train"].species, data["train"].pos.shape[1], shift, scale))
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, generator=generator)
-    valid = DataLoader(data["valid"], batch_size=200)
-    result = fit(model, MoleculeObjective(cfg.energy_weight, augment=method == "augment"), train, valid, train_config(cfg, seed), run_dir, resume)
-    row = {"molecule": cfg.molecule, "method": method, "seed": seed, "best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
-           "epochs_run": result.epochs_run, "train_time_s": result.train_time_s, "parameters": count_parameters(model)}
+    result = fit(model, MoleculeObjective(cfg.energy_weight, augment=method == "augment"), train, _valid_loader(data), train_config(cfg, seed), run_dir,
+                 resume)
+    return model, {"molecule": cfg.molecule, "method": method, "seed": seed, "best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
+                   "epochs_run": result.epochs_run, "train_time_s": result.train_time_s, "parameters": count_parameters(model)}
+
+
+def _valid_loader(data: dict[str, MoleculeDataset]) -> DataLoader:
+    return DataLoader(data["valid"], batch_size=200)
+
+
+def validation_loss(model: nn.Module, data: dict[str, MoleculeDataset], energy_weight: float) -> float:
+    """The training objective on the validation split, as the harness measures it for its best checkpoint (mean of
+    the per-batch losses weighted by batch size), for models that were not trained in that form."""
+    model.eval()
+    objective = MoleculeObjective(energy_weight)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in _valid_loader(data):
+            total += objective(model, batch, "val")["loss"].item() * len(batch["pos"])
+            count += len(batch["pos"])
+    return total / count
+
+
+#: models trained (or reloaded) so far in one :func:`run`, by (method, seed), with their training rows
+Fitted = dict[tuple[str, int], tuple[nn.Module, dict[str, Any]]]
+
+
+def _fit_once(method: str, seed: int, cfg: MoleculesBenchConfig, data: dict[str, MoleculeDataset], resume: bool,
+              fitted: Fitted) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`_fit` unless ``fitted`` holds it already (the augment run serves three methods): the model and a copy of its row."""
+    if (method, seed) not in fitted:
+        fitted[method, seed] = _fit(method, seed, cfg, data, resume)
+    model, row = fitted[method, seed]
+    return model, dict(row)
+
+
+def _augment_in_frames(method: str, seed: int, cfg: MoleculesBenchConfig, data: dict[str, MoleculeDataset], resume: bool,
+                       fitted: Fitted) -> tuple[nn.Module, dict[str, Any]]:
+    """The ``augment`` run of ``seed`` (trained or reloaded in its own run folder) with its backbone inside the frames
+    of ``AUGMENT_IN_FRAMES[method]``; the row keeps the augment run's training and scores the wrapped model on the
+    validation split (``best_val_loss``), so that the best canonicalized checkpoint is chosen as for the others."""
+    augmented, row = _fit_once("augment", seed, cfg, data, resume, fitted)
+    model = checkpoint.build(model_spec(method, cfg, data["train"].species, data["train"].pos.shape[1], augmented.energy_shift, augmented.energy_scale))
+    model.model.backbone.load_state_dict(augmented.model.state_dict())
+    row.update(method=method, best_val_loss=validation_loss(model, data, cfg.energy_weight))
+    return model, row
+
+
+def _train_one(method: str, seed: int, cfg: MoleculesBenchConfig, data: dict[str, MoleculeDataset], resume: bool,
+               fitted: Fitted) -> tuple[nn.Module, dict[str, Any]]:
+    if method == "nequip":
+        model, row = _train_nequip(seed, cfg, data, Path(cfg.run_dir) / cfg.molecule / method / f"seed{seed}", resume)
+        return model, {"molecule": cfg.molecule, "method": method, "seed": seed, **row}
+    model, row = (_augment_in_frames if method in AUGMENT_IN_FRAMES else _fit_once)(method, seed, cfg, data, resume, fitted)
     row.update(measure(model, data["test"], group=_group(method)))
     return model, row
 
@@ -523,7 +581,9 @@ def _markdown(payload: dict[str, Any]) -> str:
         "min|v_i⊥|/max|v_j| of the learned canonicalizer (negative: worse near ill-conditioned frames; per-run "
         "decile numbers in the JSON). frame_change_deg_median = median angle by which the learned frame turns when "
         "every atom is jittered by N(0, 0.01²) Å (forces differentiate through the frame). nequip = NequIP trained by "
-        "its own nequip-train (EMA weights; train time includes its start-up).\n\n"
+        "its own nequip-train (EMA weights; train time includes its start-up). augment-fa / augment-wf = the augment run's "
+        "backbone of the same seed inside frame averaging / weighted frames at inference (no training of their own: "
+        "epochs and train time are the augment run's; errors at its best-validation epoch).\n\n"
     )
     return header + "\n\n".join(_section(name, entry) for name, entry in sorted(payload["molecules"].items()))
 
@@ -574,9 +634,10 @@ def run(cfg: MoleculesBenchConfig, resume: bool = False, nve_steps: int = 2000) 
     total = len(cfg.methods) * len(cfg.seeds)
     ckpt = str(Path(cfg.checkpoint_dir) / f"molecules_{cfg.molecule}.pt")
     first_seed_models: dict[str, nn.Module] = {}  # timed together at the end
+    fitted: Fitted = {}
     for method in cfg.methods:
         for seed in cfg.seeds:
-            model, row = _train_one(method, seed, cfg, data, resume)
+            model, row = _train_one(method, seed, cfg, data, resume, fitted)
             rows.append(row)
             if seed == cfg.seeds[0]:
                 first_seed_models[method] = model
