@@ -23,7 +23,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from geocanon import FrameAveraged, checkpoint
 from geocanon.bench import molecules as molecules_bench
 from geocanon.bench.harness import WarmupEMA, train_config
-from geocanon.bench.molecules import (AUGMENT_IN_FRAMES, METHODS, MoleculesBenchConfig, evaluate_checkpoint, model_spec, nequip_settings, run,
+from geocanon.bench.molecules import (AUGMENT_IN_FRAMES, METHODS, SAVED_METHODS, MoleculesBenchConfig, evaluate_checkpoint, model_spec, nequip_settings, run,
                                       validation_loss)
 from geocanon.data.molecules import KCAL_MOL_TO_EV, MDConfig, generate_molecule, one_hot_species, read_molecules
 from geocanon.frames import random_rotation
@@ -394,6 +394,9 @@ def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys
     markdown = (tmp_path / "results" / "molecules.md").read_text()
     assert markdown.count("| canonicalized |") == 3  # summary, timing and latency tables
     assert "6 test structures in calls of 6;" in markdown and "6 test structures in calls of 1;" in markdown
+    chosen = min((r for r in entry["summary"] if r["method"] in SAVED_METHODS), key=lambda r: r["best_val_loss_mean"])
+    assert f"of the canonicalized methods, **{chosen['method']}** has the lowest mean validation loss" in markdown
+    assert all((r["best_val_loss_mean"] is None) == (r["method"] in ("augment", "schnet")) for r in entry["summary"])
     result = evaluate_checkpoint(ckpt, paths["test"])
     assert result["n"] == 6 and result["force_mae_mev_per_a"] > 0
     # datasets/molecules/cross_sample.py scores it on "another sample" (here the same frames: the same error as its row)

@@ -540,8 +540,22 @@ def _summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str,
             "skewness_spearman": mean_std([r["conditioning_skewness"]["spearman"] for r in runs])[0] if "conditioning_skewness" in runs[0] else None,
             "frame_spearman": mean_std([r["conditioning_frame"]["spearman"] for r in runs])[0] if "conditioning_frame" in runs[0] else None,
             "frame_change_deg_median": mean_std([r["frame_change_deg_median"] for r in runs])[0] if "frame_change_deg_median" in runs[0] else None,
+            # the harness's validation loss, comparable across geocanon's own methods only (nequip-train scores its own loss)
+            "best_val_loss_mean": mean_std([r["best_val_loss"] for r in runs])[0] if method in SAVED_METHODS else None,
         })
     return summary
+
+
+def _selected_without_test(summary: list[dict[str, Any]]) -> str:
+    """One line naming the saved (exact canonicalized) method of lowest mean validation loss: the choice of method
+    per molecule that looks at no test error."""
+    candidates = [row for row in summary if row.get("best_val_loss_mean") is not None]
+    if not candidates:
+        return ""
+    best = min(candidates, key=lambda row: row["best_val_loss_mean"])
+    return (f"\n\nChosen on the validation split: of the canonicalized methods, **{best['method']}** has the lowest mean "
+            f"validation loss ({best['best_val_loss_mean']:.4g} over {best['seeds']} seeds; test force MAE "
+            f"{best['force_mae_mev_per_a']:.4g} meV/Å).")
 
 
 def _section(name: str, entry: dict[str, Any]) -> str:
@@ -552,7 +566,8 @@ def _section(name: str, entry: dict[str, Any]) -> str:
             "force_equivariance_error_max",
             "parameters", "train_time_s_mean", "inference_ms_per_structure", "frames_per_structure", "epochs", "skewness_spearman", "frame_spearman", "frame_change_deg_median"]
     text = (f"## {name} — `{cfg['label']}` configuration — {status}\n\nData: {entry['data']}; {cfg['n_train']}/{cfg['n_valid']}/"
-            f"{cfg['n_test']} train/valid/test frames, {cfg['max_epochs']} epochs max.\n\n" + markdown_table(entry["summary"], cols))
+            f"{cfg['n_test']} train/valid/test frames, {cfg['max_epochs']} epochs max.\n\n" + markdown_table(entry["summary"], cols)
+            + _selected_without_test(entry["summary"]))
     for timing in filter(None, (entry.get("timing"), entry.get("latency"))):
         names = list(timing["ms_per_structure"])
         rows = [{"method": a, "ms_per_structure": timing["ms_per_structure"][a],
