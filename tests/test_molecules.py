@@ -23,7 +23,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from geocanon import FrameAveraged, checkpoint
 from geocanon.bench import molecules as molecules_bench
 from geocanon.bench.harness import WarmupEMA, train_config
-from geocanon.bench.molecules import (AUGMENT_IN_FRAMES, METHODS, SAVED_METHODS, MoleculesBenchConfig, evaluate_checkpoint, model_spec, nequip_settings, run,
+from geocanon.bench.molecules import (AUGMENT_IN_FRAMES, METHODS, SAVED_METHODS, MoleculesBenchConfig, chosen_run, evaluate_checkpoint, model_spec, nequip_settings, run,
                                       validation_loss)
 from geocanon.data.molecules import KCAL_MOL_TO_EV, MDConfig, generate_molecule, one_hot_species, read_molecules
 from geocanon.frames import random_rotation
@@ -396,6 +396,7 @@ def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys
     assert "6 test structures in calls of 6;" in markdown and "6 test structures in calls of 1;" in markdown
     chosen = min((r for r in entry["summary"] if r["method"] in SAVED_METHODS), key=lambda r: r["best_val_loss_mean"])
     assert f"of the canonicalized methods, **{chosen['method']}** has the lowest mean validation loss" in markdown
+    assert checkpoint.load(ckpt)[1]["row"] == chosen_run(entry["runs"]) and entry["nve"]["method"] == chosen["method"]
     assert all((r["best_val_loss_mean"] is None) == (r["method"] in ("augment", "schnet")) for r in entry["summary"])
     result = evaluate_checkpoint(ckpt, paths["test"])
     assert result["n"] == 6 and result["force_mae_mev_per_a"] > 0
@@ -411,6 +412,16 @@ def test_every_method_trains_one_epoch_and_checkpoint_evaluates(tmp_path, capsys
     bare = checkpoint.save(tmp_path / "bare.pt", checkpoint.load(ckpt)[0])  # no training row to compare with
     failed = subprocess.run([sys.executable, str(script), "--root", str(other), "--out", str(tmp_path / "bare"), str(bare)], capture_output=True, text=True)
     assert failed.returncode != 0 and "bare.pt holds no test result of its own" in failed.stderr
+
+
+def test_checkpoint_run_is_chosen_by_mean_validation_loss_then_seed():
+    def row(method, seed, loss):
+        return {"method": method, "seed": seed, "best_val_loss": loss}
+
+    lucky = [row("weighted-frames", 0, 1.0), row("weighted-frames", 1, 5.0), row("augment-fa", 0, 2.5), row("augment-fa", 1, 2.0)]
+    assert chosen_run(lucky) == row("augment-fa", 1, 2.0)  # not the single lowest run: its method's mean is higher
+    assert chosen_run(lucky + [row("schnet", 0, 0.1), row("nequip", 0, 0.01)]) == row("augment-fa", 1, 2.0)  # baselines are not saved
+    assert chosen_run(lucky[:1]) == lucky[0] and chosen_run([row("augment", 0, 1.0)]) is None
 
 
 def test_augment_in_frames_wraps_the_trained_augment_backbone_exactly(tmp_path):
