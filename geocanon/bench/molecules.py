@@ -562,16 +562,17 @@ def chosen_run(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(runs[method], key=lambda r: r["best_val_loss"])
 
 
-def _selected_without_test(summary: list[dict[str, Any]]) -> str:
-    """One line naming the saved (exact canonicalized) method of lowest mean validation loss: the choice of method
-    per molecule that looks at no test error."""
-    candidates = [row for row in summary if row.get("best_val_loss_mean") is not None]
-    if not candidates:
+def _selected_without_test(entry: dict[str, Any]) -> str:
+    """One line naming the method of :func:`chosen_run` (the exact canonicalized method of lowest mean validation
+    loss): the choice of method per molecule that looks at no test error."""
+    chosen = chosen_run(entry["runs"])
+    if chosen is None:
         return ""
-    best = min(candidates, key=lambda row: row["best_val_loss_mean"])
-    return (f"\n\nChosen on the validation split: of the canonicalized methods, **{best['method']}** has the lowest mean "
-            f"validation loss ({best['best_val_loss_mean']:.4g} over {best['seeds']} seeds; test force MAE "
-            f"{best['force_mae_mev_per_a']:.4g} meV/Å).")
+    runs = [r for r in entry["runs"] if r["method"] == chosen["method"]]
+    summary = next(r for r in entry["summary"] if r["method"] == chosen["method"])
+    return (f"\n\nChosen on the validation split: of the canonicalized methods, **{chosen['method']}** has the lowest mean "
+            f"validation loss ({statistics.fmean(r['best_val_loss'] for r in runs):.4g} over {len(runs)} seeds; test force MAE "
+            f"{summary['force_mae_mev_per_a']:.4g} meV/Å).")
 
 
 def _section(name: str, entry: dict[str, Any]) -> str:
@@ -583,7 +584,7 @@ def _section(name: str, entry: dict[str, Any]) -> str:
             "parameters", "train_time_s_mean", "inference_ms_per_structure", "frames_per_structure", "epochs", "skewness_spearman", "frame_spearman", "frame_change_deg_median"]
     text = (f"## {name} — `{cfg['label']}` configuration — {status}\n\nData: {entry['data']}; {cfg['n_train']}/{cfg['n_valid']}/"
             f"{cfg['n_test']} train/valid/test frames, {cfg['max_epochs']} epochs max.\n\n" + markdown_table(entry["summary"], cols)
-            + _selected_without_test(entry["summary"]))
+            + _selected_without_test(entry))
     for timing in filter(None, (entry.get("timing"), entry.get("latency"))):
         names = list(timing["ms_per_structure"])
         rows = [{"method": a, "ms_per_structure": timing["ms_per_structure"][a],
