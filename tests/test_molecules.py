@@ -442,6 +442,14 @@ def test_augment_in_frames_wraps_the_trained_augment_backbone_exactly(tmp_path):
         assert (row["method"], row["train_time_s"], row["best_epoch"]) == (method, augment_row["train_time_s"], augment_row["best_epoch"])
         assert row["best_val_loss"] == pytest.approx(validation_loss(model, data, cfg.energy_weight)) != augment_row["best_val_loss"]
         assert row["force_equivariance_error"] < 10 * default_tolerance(torch.float32), (method, row["force_equivariance_error"])
+        with default_dtype(torch.float64):  # the trained weights in float64: exact to ~1e-10, the bare backbone is not
+            exact = checkpoint.build(model_spec(method, cfg, SPECIES, 5, energy_shift=-1.0, energy_scale=0.5)).eval()
+            bare = checkpoint.build(model_spec("augment", cfg, SPECIES, 5, energy_shift=-1.0, energy_scale=0.5)).eval()
+        exact.model.backbone.load_state_dict(augmented.model.state_dict())
+        bare.model.load_state_dict(augmented.model.state_dict())
+        _assert_e3_exact(exact, torch.float64)
+        pos, numbers = _toy_batch(torch.float64)
+        assert equivariance_error(lambda p, numbers: bare(p, numbers)[1], pos, "E3", "vector", scalars={"numbers": numbers}, trials=2) > 1e-4
     assert [p.name for p in (tmp_path / "runs" / "toy").iterdir()] == ["augment"]  # trained once for all three
 
 
