@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from geocanon.testing import default_tolerance
 
@@ -34,6 +35,32 @@ def dtype(request) -> Iterator[torch.dtype]:
     """Runs a test in float64 and float32 with the default dtype set accordingly."""
     with default_dtype(request.param):
         yield request.param
+
+
+class PointMLP(nn.Module):
+    """A deliberately non-equivariant backbone: per-point MLP on raw coordinates (+ features).
+
+    output "invariant": pooled logits [B, 4]; "vector"/"position": per-point [B, N, 3] or flat [M, 3].
+    """
+
+    def __init__(self, per_point: bool, vel: bool = False, charge: bool = False) -> None:
+        super().__init__()
+        self.per_point = per_point
+        d = 3 + 3 * vel + charge
+        self.net = nn.Sequential(nn.Linear(d, 32), nn.Tanh(), nn.Linear(32, 3 if per_point else 4))
+
+    def forward(self, pos, vel=None, charge=None, batch=None, mask=None):
+        x = torch.cat([t for t in (pos, vel, charge) if t is not None], -1)
+        h = self.net(x)
+        if self.per_point:
+            return h
+        if batch is not None:
+            from torch_geometric.utils import scatter
+
+            return scatter(h, batch, dim=0, reduce="sum")
+        if mask is not None:
+            h = h * mask[..., None]
+        return h.sum(1)
 
 
 tolerance = default_tolerance  # relative equivariance tolerance of a dtype: 1e-10 in float64, 2e-5 in float32

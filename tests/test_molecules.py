@@ -29,7 +29,7 @@ from geocanon.data.molecules import KCAL_MOL_TO_EV, MDConfig, generate_molecule,
 from geocanon.frames import random_rotation
 from geocanon.testing import default_tolerance, equivariance_error
 
-from .conftest import default_dtype
+from .conftest import PointMLP, default_dtype
 
 WATER = Atoms("OH2", positions=[[0.0, 0.0, 0.12], [0.0, 0.76, -0.47], [0.0, -0.76, -0.47]])
 SPECIES = [1, 6, 8]
@@ -497,6 +497,33 @@ def test_third_axis_average_ignores_the_sign_of_e3():
     after = single(pos, numbers)[0], averaged(pos, numbers)[0]
     assert (after[0] - before[0]).abs().max() > 1e-4
     torch.testing.assert_close(after[1], before[1], rtol=1e-12, atol=1e-12)
+
+
+def test_third_axis_average_on_flat_pyg_batches_matches_dense_and_is_exact(dtype):
+    """Flat input (pos [M, 3], batch [M]) gives each cloud what a dense call on it alone gives, padded dense batches
+    too, and the averaged output is E(3)-invariant to the dtype's tolerance where the backbone alone is not."""
+    from geocanon import E3nnCanonicalizer
+    from geocanon.layout import to_dense
+    from geocanon.nn.candidates import ThirdAxisAveraged
+
+    sizes = [7, 12, 9]
+    clouds = [torch.randn(n, 3) * torch.tensor([3.0, 2.0, 1.0]) for n in sizes]
+    charges = [torch.rand(n, 1) + 0.5 for n in sizes]
+    pos, charge = torch.cat(clouds), torch.cat(charges)
+    batch = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    canonicalizer = E3nnCanonicalizer(group="E3", hidden_mul=4, k=6, num_points=16, num_scalar_features=1)
+    model = ThirdAxisAveraged(PointMLP(per_point=False, charge=True), canonicalizer, scalar_features=["charge"])
+    flat = model(pos, charge=charge, batch=batch)
+    assert flat.shape == (3, 4)
+    for i, (c, q) in enumerate(zip(clouds, charges)):
+        torch.testing.assert_close(flat[i], model(c[None], charge=q[None])[0], atol=10 * default_tolerance(dtype), rtol=0)
+    dense_pos, mask = to_dense(pos, batch)
+    torch.testing.assert_close(model(dense_pos, charge=to_dense(charge, batch)[0], mask=mask), flat, atol=10 * default_tolerance(dtype), rtol=0)
+    scalars = {"charge": charge}
+    assert equivariance_error(model, pos, "E3", scalars=scalars, batch=batch) < default_tolerance(dtype)
+    assert equivariance_error(model.backbone, pos, "E3", scalars=scalars, batch=batch) > 1e-2  # the check can fail
+    with pytest.raises(ValueError, match="either batch= .* or mask="):
+        model(dense_pos, charge=to_dense(charge, batch)[0], mask=mask, batch=batch)
 
 
 def test_energy_gnn_coordinate_unit():

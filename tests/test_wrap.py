@@ -12,33 +12,7 @@ from geocanon.frames import Frame
 from geocanon.testing import assert_equivariant, equivariance_error
 from geocanon.wrap import map_back
 
-from .conftest import tolerance
-
-
-class PointMLP(nn.Module):
-    """A deliberately non-equivariant backbone: per-point MLP on raw coordinates (+ features).
-
-    output "invariant": pooled logits [B, 4]; "vector"/"position": per-point [B, N, 3] or flat [M, 3].
-    """
-
-    def __init__(self, per_point: bool, vel: bool = False, charge: bool = False) -> None:
-        super().__init__()
-        self.per_point = per_point
-        d = 3 + 3 * vel + charge
-        self.net = nn.Sequential(nn.Linear(d, 32), nn.Tanh(), nn.Linear(32, 3 if per_point else 4))
-
-    def forward(self, pos, vel=None, charge=None, batch=None, mask=None):
-        x = torch.cat([t for t in (pos, vel, charge) if t is not None], -1)
-        h = self.net(x)
-        if self.per_point:
-            return h
-        if batch is not None:
-            from torch_geometric.utils import scatter
-
-            return scatter(h, batch, dim=0, reduce="sum")
-        if mask is not None:
-            h = h * mask[..., None]
-        return h.sum(1)
+from .conftest import PointMLP, tolerance
 
 
 def _learned(group: str, **kw) -> E3nnCanonicalizer:

@@ -30,35 +30,47 @@ class ThirdAxisAveraged(nn.Module):
     """Invariant backbone output averaged over the canonical frame and its third-axis flip.
 
     Args:
-        backbone: spec (see :mod:`geocanon.checkpoint`) of a module called as
-            ``backbone(pos_canonical, **scalars, mask=mask) -> [B, ...]``.
-        canonicalizer: spec of an O3/E3 canonicalizer.
+        backbone: a module, or its spec (see :mod:`geocanon.checkpoint`; only a model built from specs can be
+            saved), called as ``backbone(pos_canonical, **scalars, mask=mask)`` on dense input and
+            ``backbone(pos_canonical, **scalars, batch=batch)`` on flat input -> [clouds, ...].
+        canonicalizer: an O3/E3 canonicalizer, or its spec.
         scalar_features: names of per-point invariant keyword inputs, concatenated for the canonicalizer.
 
-    Shapes: ``pos`` [B, N, 3], scalars [B, N, F], ``mask`` [B, N] -> the backbone's invariant output [B, ...].
+    Shapes: dense ``pos`` [B, N, 3], scalars [B, N, F], optional ``mask`` [B, N]; or flat (PyG-style) ``pos``
+    [M, 3], scalars [M, F], ``batch`` [M] -> the backbone's invariant output [B, ...]. On flat input the backbone
+    gets the 2·M canonical points of both candidate frames with ``batch`` numbering the 2·B copies (the flipped
+    copy of cloud b is cloud B + b).
     """
 
-    def __init__(self, backbone: dict[str, Any], canonicalizer: dict[str, Any], scalar_features: Sequence[str] = ()) -> None:
+    def __init__(self, backbone: nn.Module | dict[str, Any], canonicalizer: nn.Module | dict[str, Any], scalar_features: Sequence[str] = ()) -> None:
         super().__init__()
         from ..checkpoint import build  # checkpoint resolves this module by name: import lazily
 
-        self.backbone = build(backbone)
-        self.canonicalizer = build(canonicalizer)
+        self.backbone = backbone if isinstance(backbone, nn.Module) else build(backbone)
+        self.canonicalizer = canonicalizer if isinstance(canonicalizer, nn.Module) else build(canonicalizer)
         if not has_reflections(self.canonicalizer.group):
             raise ValueError(f"third-axis averaging needs an O3/E3 canonicalizer, got group {self.canonicalizer.group}")
         self.scalar_features = tuple(scalar_features)
 
-    def forward(self, pos: Tensor, mask: Tensor | None = None, **scalars: Tensor) -> Tensor:
+    def forward(self, pos: Tensor, mask: Tensor | None = None, batch: Tensor | None = None, **scalars: Tensor) -> Tensor:
         """Mean of the backbone output in the two candidate frames (see class docstring)."""
         if set(scalars) != set(self.scalar_features):
             raise ValueError(f"expected scalar features {sorted(self.scalar_features)}, got {sorted(scalars)}")
+        if batch is not None and mask is not None:
+            raise ValueError("pass either batch= (flat input [M, 3]) or mask= (dense input [B, N, 3]), not both")
         can = self.canonicalizer
         features = torch.cat([scalars[k] for k in self.scalar_features], -1) if can.num_scalar_features else None
-        frame = can(pos, mask=mask, scalars=features)
+        frame = can(pos, batch=batch, mask=mask, scalars=features)
+        clouds = len(frame.rotation)
         flip = torch.tensor([1.0, 1.0, -1.0], dtype=pos.dtype, device=pos.device)
         both = Frame(torch.cat([frame.rotation, frame.rotation * flip]), frame.translation.repeat(2, 1))
-        pos_c = both.to_canonical_points(pos.repeat(2, 1, 1))
-        repeated = {k: v.repeat(2, *([1] * (v.ndim - 1))) for k, v in scalars.items()}
-        extra = {} if mask is None else {"mask": mask.repeat(2, 1)}
+        repeated = {k: v.repeat(2, *([1] * (v.ndim - 1))) for k, v in scalars.items()}  # dense [2B, N, F] or flat [2M, F]
+        if batch is None:
+            pos_c = both.to_canonical_points(pos.repeat(2, 1, 1))
+            extra = {} if mask is None else {"mask": mask.repeat(2, 1)}
+        else:
+            copies = torch.cat([batch, batch + clouds])  # still sorted: the flipped copies come after all originals
+            pos_c = both.to_canonical_points(pos.repeat(2, 1), copies)
+            extra = {"batch": copies}
         out = self.backbone(pos_c, **repeated, **extra)
-        return out.unflatten(0, (2, pos.shape[0])).mean(0)
+        return out.unflatten(0, (2, clouds)).mean(0)
