@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .layout import to_dense
 
-__all__ = ["check_points", "check_features", "check_dense_batch"]
+__all__ = ["check_points", "check_features", "check_dense_batch", "check_flat_batch"]
 
 
 def _clouds(indices: Tensor) -> str:
@@ -54,6 +54,21 @@ def check_dense_batch(pos: Tensor, mask: Tensor | None = None, name: str = "pos"
     return mask, torch.nonzero(mask)[:, 0]
 
 
+def check_flat_batch(pos: Tensor, batch: Tensor, name: str = "pos") -> None:
+    """Raise ``ValueError`` unless ``pos`` [M, 3] with ``batch`` [M] is a flat (PyG-style) batch: M > 0 points,
+    one integer cloud index each, sorted (the points of cloud 0 first, then cloud 1, ...)."""
+    if not isinstance(pos, Tensor) or pos.ndim != 2 or pos.shape[-1] != 3:
+        got = list(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+        raise ValueError(f"{name} with a batch vector must have shape [M, 3], got {got}")
+    if not isinstance(batch, Tensor) or batch.shape != pos.shape[:1] or batch.is_floating_point() or batch.is_complex():
+        got = f"dtype {batch.dtype} and shape {list(batch.shape)}" if isinstance(batch, Tensor) else type(batch).__name__
+        raise ValueError(f"batch must be an integer tensor of shape [M] = [{pos.shape[0]}], got {got}")
+    if pos.shape[0] == 0:
+        raise ValueError(f"{name} is empty: no points in the batch")
+    if batch.numel() > 1 and (batch[1:] < batch[:-1]).any():
+        raise ValueError("batch must be sorted (PyG convention: points of cloud 0 first, then cloud 1, ...)")
+
+
 def check_points(
     pos: Tensor,
     mask: Tensor | None = None,
@@ -75,15 +90,7 @@ def check_points(
             (default 1e-4 for float32, 1e-8 for float64).
     """
     if batch is not None:
-        if not isinstance(pos, Tensor) or pos.ndim != 2 or pos.shape[-1] != 3:
-            got = list(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
-            raise ValueError(f"{name} with a batch vector must have shape [M, 3], got {got}")
-        if batch.shape != pos.shape[:1]:
-            raise ValueError(f"batch must have shape [M] = [{pos.shape[0]}], got {list(batch.shape)}")
-        if pos.shape[0] == 0:
-            raise ValueError(f"{name} is empty: no points in the batch")
-        if batch.numel() > 1 and (batch[1:] < batch[:-1]).any():
-            raise ValueError("batch must be sorted (PyG convention: points of cloud 0 first, then cloud 1, ...)")
+        check_flat_batch(pos, batch, name)
         pos, mask = to_dense(pos, batch)
     mask, _ = check_dense_batch(pos, mask, name)
     counts = mask.sum(1)

@@ -384,3 +384,61 @@ def test_gnn_initialisations(init):
     assert biases and all((b == 0).all() for b in biases) == (init == "xavier")
     with pytest.raises(ValueError, match="init must be one of"):
         EnergyGNN(3, init="he")
+
+
+# ---------------------------------------------------------------- flat (PyG-style) input
+
+
+def _every_backbone() -> dict[str, tuple[nn.Module, tuple[str, ...], bool]]:
+    """name -> (model in eval mode, its per-point feature inputs, whether the output is per point)."""
+    from geocanon.nn.energy import EnergyGNN, EnergyMLP
+    from geocanon.nn.linear import ConstantVelocity
+    from geocanon.nn.schnet import SchNetEnergy
+
+    nbody = {name: (model, ("vel", "charge"), True) for name, model in _nbody_models().items()}
+    return {
+        **{name: (model, (), False) for name, model in _classifiers().items()},
+        **nbody,
+        "constant_velocity": (ConstantVelocity(0.7), ("vel", "charge"), True),
+        "energy_gnn": (EnergyGNN(3, hidden=8, layers=2), ("species",), False),
+        "energy_mlp": (EnergyMLP(6, 3, hidden=8), ("species",), False),
+        "schnet": (SchNetEnergy(hidden=8, filters=8, interactions=1), ("species",), False),
+    }
+
+
+def _flat_features(sizes: list[int], names: tuple[str, ...]) -> dict[str, Tensor]:
+    m = sum(sizes)
+    make = {"vel": lambda: torch.randn(m, 3), "charge": lambda: torch.randint(0, 2, (m, 1)).float() * 2 - 1,
+            "species": lambda: nn.functional.one_hot(torch.randint(0, 3, (m,)), 3).float()}
+    return {name: make[name]() for name in names}
+
+
+@pytest.mark.parametrize("name", list(_every_backbone()))
+def test_every_backbone_takes_flat_pyg_batches_like_padded_ones(name: str) -> None:
+    """pos [M, 3] with batch=[M] (and features [M, F]) gives what the padded dense batch gives: the same per-cloud
+    output, or the per-point output of the real points as flat rows in input order."""
+    from geocanon.layout import to_dense
+
+    model, feature_names, per_point = _every_backbone()[name]
+    model.eval()
+    sizes = [6, 6, 6] if name == "energy_mlp" else [5, 9, 7]  # EnergyMLP: molecules of one fixed size
+    batch = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+    pos, features = torch.randn(len(batch), 3), _flat_features(sizes, feature_names)
+    with torch.no_grad():
+        flat = model(pos, **features, batch=batch)
+        dense_pos, mask = to_dense(pos, batch)
+        padded = model(dense_pos, **{k: to_dense(v, batch)[0] for k, v in features.items()}, mask=mask)
+    assert flat.shape == ((len(batch), 3) if per_point else padded.shape)
+    torch.testing.assert_close(flat, padded[mask] if per_point else padded, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # features passed by position are laid out the same way
+        torch.testing.assert_close(model(pos, *features.values(), batch=batch), flat)
+    with pytest.raises(ValueError, match="either batch= .* or mask="):
+        model(pos, **features, batch=batch, mask=torch.ones(len(batch), dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"batch must be sorted"):
+        model(pos, **features, batch=batch.flip(0))
+    with pytest.raises(ValueError, match=r"with a batch vector must have shape \[M, 3\]"):
+        model(dense_pos, **features, batch=batch)
+    if feature_names:
+        short = {k: v[:-1] if k == feature_names[0] else v for k, v in features.items()}
+        with pytest.raises(ValueError, match=f"per-point input {feature_names[0]} must have {len(batch)} rows"):
+            model(pos, **short, batch=batch)

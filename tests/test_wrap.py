@@ -616,9 +616,8 @@ def test_ensemble_of_equivariant_models_is_exact_on_dense_and_flat_batches(dtype
     assert equivariance_error(model, pos, "E3", "position", **features) < tolerance(dtype)
     expected = sum(member(pos, vel=vel, charge=charge) for member in members) / 3
     torch.testing.assert_close(model(pos, vel=vel, charge=charge), expected)
-    batch = torch.arange(3).repeat_interleave(6)  # FrameAveraged is dense-only: the flat check uses the others
+    batch = torch.arange(3).repeat_interleave(6)
     flat = dict(vectors={"vel": vel.flatten(0, 1)}, scalars={"charge": charge.flatten(0, 1)})
-    model = Ensemble(members[:2]).eval()
     assert equivariance_error(model, pos.flatten(0, 1), "E3", "position", batch=batch, **flat) < tolerance(dtype)
     mixed = Ensemble([members[0], PointMLP(per_point=True, vel=True, charge=True)]).eval()
     assert equivariance_error(mixed, pos, "E3", "position", **features) > 1e-2  # the check can fail
@@ -662,3 +661,38 @@ def test_nan_in_padding_reaches_neither_outputs_nor_gradients(wrapper, dtype):
     (g_clean,) = torch.autograd.grad(out_clean.sum(), clean)
     (g_noisy,) = torch.autograd.grad(out_noisy.sum(), noisy)
     torch.testing.assert_close(g_noisy[mask], g_clean[mask], rtol=0, atol=tolerance(dtype))  # e.g. forces: not NaN
+
+
+@pytest.mark.parametrize("wrapper", ["canonicalized", "frame_averaged", "weighted_frames"])
+def test_bundled_backbones_wrapped_on_flat_pyg_batches_are_exact(wrapper, dtype):
+    """The bundled (dense) backbones inside the wrappers on a variable-size flat batch: NBodyGNN's positions
+    (velocity and charge features) E(3)-equivariant, EnergyGNN's energies E(3)-invariant, each cloud as alone."""
+    from geocanon.nn.energy import EnergyGNN
+    from geocanon.nn.gnn import NBodyGNN
+
+    torch.manual_seed(4)
+    sizes = [5, 9, 7]
+    batch = torch.arange(3).repeat_interleave(torch.tensor(sizes))
+    pos, vel = torch.randn(len(batch), 3) * torch.tensor([3.0, 2.0, 1.0]), torch.randn(len(batch), 3)
+    charge = torch.randint(0, 2, (len(batch), 1)).to(pos.dtype) * 2 - 1
+    species = nn.functional.one_hot(torch.randint(0, 3, (len(batch),)), 3).to(pos.dtype)
+
+    def wrap(backbone: nn.Module, output: str, vectors: list[str], scalars: list[str]) -> nn.Module:
+        if wrapper == "canonicalized":
+            canon = _learned("E3", num_scalar_features=sum(1 if s == "charge" else 3 for s in scalars), num_vector_features=len(vectors))
+            return Canonicalized(backbone, canon, output, vector_features=vectors, scalar_features=scalars)
+        tolerance_ = 0.3 if wrapper == "weighted_frames" else None
+        return FrameAveraged(backbone, "E3", output, vector_features=vectors, scalar_features=scalars, sign_tolerance=tolerance_)
+
+    nbody = wrap(NBodyGNN(hidden=16, layers=2), "position", ["vel"], ["charge"]).eval()
+    energy = wrap(EnergyGNN(3, hidden=8, layers=2), "invariant", [], ["species"]).eval()
+    cases = [(nbody, "position", {"vel": vel}, {"charge": charge}), (energy, "invariant", {}, {"species": species})]
+    for model, output, vectors, scalars in cases:
+        flat = model(pos, **vectors, **scalars, batch=batch)
+        for i in range(3):
+            alone = model(pos[batch == i][None], **{k: v[batch == i][None] for k, v in {**vectors, **scalars}.items()})[0]
+            torch.testing.assert_close(flat[batch == i] if output == "position" else flat[i], alone, atol=10 * tolerance(dtype), rtol=0)
+        err = equivariance_error(model, pos, "E3", output, vectors=vectors, scalars=scalars, batch=batch)
+        assert err < tolerance(dtype), (output, err)
+        bare = equivariance_error(model.backbone, pos, "E3", output, vectors=vectors, scalars=scalars, batch=batch)
+        assert bare > 1e-3, (output, bare)  # the check can fail

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from ..validation import check_dense_batch
+from .flat_input import accepts_flat_batches
 
 __all__ = ["DGCNN", "EdgeConv"]
 
@@ -121,12 +122,14 @@ class DGCNN(nn.Module):
             nn.Linear(w[5], num_classes),
         )
 
+    @accepts_flat_batches(per_point=False)
     def forward(self, pos: Tensor, mask: Tensor | None = None) -> Tensor:
         """Classify clouds.
 
         Args:
             pos: [B, N, 3] points (canonical coordinates when wrapped by a canonicalizer).
             mask: [B, N] bool, True for real points, or None.
+            Flat PyG input instead: ``pos`` [M, 3] with ``batch=`` [M] (see :mod:`geocanon.nn.flat_input`).
 
         Returns:
             logits [B, C].

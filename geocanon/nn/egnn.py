@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from geocanon.nn.gnn import check_nbody_inputs, mlp, pair_mask
+from .flat_input import accepts_flat_batches
 
 __all__ = ["EGNN", "EquivariantLayer"]
 
@@ -104,6 +105,7 @@ class EGNN(nn.Module):
             ]
         )
 
+    @accepts_flat_batches(per_point=True)
     def forward(self, pos: Tensor, vel: Tensor, charge: Tensor, mask: Tensor | None = None) -> Tensor:
         """Predict target positions.
 
@@ -112,6 +114,8 @@ class EGNN(nn.Module):
             vel: [B, N, 3] velocities.
             charge: [B, N, 1] charges.
             mask: [B, N] bool, True for real particles, or None.
+            Flat PyG input instead: ``pos``, ``vel``, ``charge`` [M, ...] with ``batch=`` [M] (see
+            :mod:`geocanon.nn.flat_input`); the output is then [M, 3].
 
         Returns:
             [B, N, 3] predicted positions; padding rows are returned as the input ``pos``.

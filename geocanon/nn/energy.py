@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..validation import check_dense_batch
+from .flat_input import accepts_flat_batches
 from .gnn import initialise_, mlp, pair_mask
 
 __all__ = ["EnergyGNN", "EnergyMLP", "MolecularPotential", "cosine_cutoff", "gaussian_rbf"]
@@ -87,7 +88,8 @@ class EnergyGNN(nn.Module):
             averaging on malonaldehyde (36 epochs, seed 0) then reached 78.6 meV/Å against 73.2 with the vector
             (benchmarks/results/molecules_invariant_filters.md).
 
-    Shapes: ``pos`` [B, N, 3], ``species`` [B, N, T], ``mask`` [B, N] -> energy [B].
+    Shapes: ``pos`` [B, N, 3], ``species`` [B, N, T], ``mask`` [B, N] -> energy [B]; or flat (PyG) ``pos`` [M, 3],
+    ``species`` [M, T] with ``batch=`` [M] (see :mod:`geocanon.nn.flat_input`).
     """
 
     def __init__(self, num_species: int, hidden: int = 64, layers: int = 3, num_rbf: int = 16, cutoff: float = 5.0, activation: str = "silu",
@@ -108,6 +110,7 @@ class EnergyGNN(nn.Module):
         self.readout = mlp([hidden, hidden, 1], activation, False)
         initialise_(self, init)
 
+    @accepts_flat_batches(per_point=False)
     def forward(self, pos: Tensor, species: Tensor, mask: Tensor | None = None) -> Tensor:
         """Energy [B] of each molecule (see class docstring)."""
         mask = _mask(pos, mask)
@@ -133,8 +136,8 @@ class EnergyGNN(nn.Module):
 class EnergyMLP(nn.Module):
     """An MLP of the flattened coordinates and one-hot types of a molecule with ``num_atoms`` atoms in a fixed order.
 
-    Shapes: ``pos`` [B, num_atoms, 3], ``species`` [B, num_atoms, T] -> energy [B]. Not permutation
-    invariant and not for padded batches: a per-molecule baseline.
+    Shapes: ``pos`` [B, num_atoms, 3], ``species`` [B, num_atoms, T] -> energy [B] (flat input with ``batch=``: clouds
+    of num_atoms each). Not permutation invariant and not for padded batches: a per-molecule baseline.
     """
 
     def __init__(self, num_atoms: int, num_species: int, hidden: int = 256, layers: int = 3, activation: str = "silu") -> None:
@@ -142,6 +145,7 @@ class EnergyMLP(nn.Module):
         self.num_atoms, self.num_species = num_atoms, num_species
         self.net = mlp([num_atoms * (3 + num_species)] + [hidden] * layers + [1], activation, False)
 
+    @accepts_flat_batches(per_point=False)
     def forward(self, pos: Tensor, species: Tensor, mask: Tensor | None = None) -> Tensor:
         """Energy [B] (see class docstring)."""
         if pos.shape[1:] != (self.num_atoms, 3) or species.shape[1:] != (self.num_atoms, self.num_species):

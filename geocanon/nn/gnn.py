@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..validation import check_dense_batch
+from .flat_input import accepts_flat_batches
 
 __all__ = [
     "ACTIVATIONS", "COULOMB_SOFTENING", "INITS", "NBodyGNN", "check_nbody_inputs", "closest_approach", "initialise_", "mlp",
@@ -227,6 +228,7 @@ class NBodyGNN(nn.Module):
         base = 2 + 3 * self.relative_positions + self.coulomb_edges * (1 + 3 * self.relative_positions)
         return base + self.approach_edges * (4 + 3 * self.relative_positions + self.coulomb_edges)
 
+    @accepts_flat_batches(per_point=True)
     def forward(self, pos: Tensor, vel: Tensor, charge: Tensor, mask: Tensor | None = None) -> Tensor:
         """Predict target positions.
 
@@ -235,6 +237,8 @@ class NBodyGNN(nn.Module):
             vel: [B, N, 3] velocities.
             charge: [B, N, 1] charges.
             mask: [B, N] bool, True for real particles, or None.
+            Flat PyG input instead: ``pos``, ``vel``, ``charge`` [M, ...] with ``batch=`` [M] (see
+            :mod:`geocanon.nn.flat_input`); the output is then [M, 3].
 
         Returns:
             [B, N, 3] predicted positions; padding rows are returned as the input ``pos``.

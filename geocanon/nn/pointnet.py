@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from ..validation import check_dense_batch
+from .flat_input import accepts_flat_batches
 
 __all__ = ["CloudHead", "PointNet", "TNet", "transform_regularizer"]
 
@@ -138,12 +139,14 @@ class PointNet(nn.Module):
         )
         self.last_transform: Tensor | None = None
 
+    @accepts_flat_batches(per_point=False)
     def forward(self, pos: Tensor, mask: Tensor | None = None) -> Tensor:
         """Classify clouds.
 
         Args:
             pos: [B, N, 3] points (canonical coordinates when wrapped by a canonicalizer).
             mask: [B, N] bool, True for real points, or None.
+            Flat PyG input instead: ``pos`` [M, 3] with ``batch=`` [M] (see :mod:`geocanon.nn.flat_input`).
 
         Returns:
             logits [B, C]. With ``input_transform`` the T-Net output [B, 3, 3] is stored in

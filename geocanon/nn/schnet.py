@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.models import SchNet
 
 from ..layout import to_flat
+from .flat_input import accepts_flat_batches
 
 __all__ = ["DenseRadiusGraph", "SchNetEnergy"]
 
@@ -44,7 +45,8 @@ class SchNetEnergy(nn.Module):
         hidden, filters, interactions, gaussians, cutoff: SchNet's hidden_channels, num_filters,
             num_interactions, num_gaussians and cutoff (Å).
 
-    Shapes: ``pos`` [B, N, 3], ``species`` [B, N, T], ``mask`` [B, N] -> energy [B].
+    Shapes: ``pos`` [B, N, 3], ``species`` [B, N, T], ``mask`` [B, N] -> energy [B]; or flat (PyG) ``pos`` [M, 3],
+    ``species`` [M, T] with ``batch=`` [M] (see :mod:`geocanon.nn.flat_input`).
     """
 
     def __init__(self, hidden: int = 64, filters: int = 64, interactions: int = 3, gaussians: int = 25, cutoff: float = 5.0) -> None:
@@ -52,6 +54,7 @@ class SchNetEnergy(nn.Module):
         self.net = SchNet(hidden_channels=hidden, num_filters=filters, num_interactions=interactions, num_gaussians=gaussians,
                           cutoff=cutoff, interaction_graph=DenseRadiusGraph(cutoff))
 
+    @accepts_flat_batches(per_point=False)
     def forward(self, pos: Tensor, species: Tensor, mask: Tensor | None = None) -> Tensor:
         """Energy [B] (see class docstring)."""
         if pos.ndim != 3 or species.shape[:2] != pos.shape[:2]:
