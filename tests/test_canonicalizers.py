@@ -12,6 +12,7 @@ from geocanon import (
     OctahedralChoice,
     RegressedOrientation,
     PCACanonicalizer,
+    PoseSearch,
     random_group_element,
 )
 from geocanon.canonicalizers.frame_averaging import pca_frames
@@ -323,3 +324,47 @@ def test_skewness_along_principal_axes_is_standardized_and_invariant():
     assert (s[1] > 1.0).all()  # log-normal: strongly skewed along every axis
     moved = random_group_element("E3", 2, dtype=torch.float64).apply_points(pos) * 7.0  # any E(3) element and scale
     assert torch.allclose(abs_skew(moved), s, atol=1e-9)
+
+
+def _every_canonicalizer(name: str, group: str):
+    refined = dict(hidden_mul=4, k=6, num_points=16, power_iterations=8)
+    return {
+        "learned": lambda: _small_learned(group),
+        "learned-refined": lambda: _small_learned(group, power_iterations=4, signs="third-moment"),
+        "pca": lambda: PCACanonicalizer(group),
+        "choice": lambda: OctahedralChoice(E3nnCanonicalizer(group, **refined), hidden=16),
+        "orientation": lambda: RegressedOrientation(E3nnCanonicalizer(group, **refined), hidden=16),
+        "search": lambda: PoseSearch(E3nnCanonicalizer(group, **refined), num_candidates=200, hidden=16, num_points=24, lmax=4, num_radial=3),
+        "identity": lambda: IdentityCanonicalizer(group),
+    }[name]()
+
+
+@pytest.mark.parametrize("name", ["learned", "learned-refined", "pca", "choice", "orientation", "search", "identity"])
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_canonicalizer_on_variable_size_flat_batches(name, group, dtype):
+    """A PyG-style batch of clouds of different sizes (pos [M, 3], batch [M]): each cloud's frame is the frame of
+    that cloud alone, and frames are exactly equivariant (canonical points invariant) under a random group
+    element per cloud; the identity "canonicalizer" fails that check, so the check can fail."""
+    canon = _every_canonicalizer(name, group).eval()
+    sizes = [17, 30, 24]
+    clouds = [torch.randn(n, 3) * torch.tensor([3.0, 2.0, 1.0]) + 1.0 for n in sizes]
+    pos = torch.cat(clouds)
+    batch = torch.arange(3).repeat_interleave(torch.tensor(sizes))
+    with torch.no_grad():
+        flat = canon(pos, batch=batch)
+        assert flat.rotation.shape == (3, 3, 3) and flat.translation.shape == (3, 3)
+        for i, cloud in enumerate(clouds):
+            alone = canon(cloud[None])
+            torch.testing.assert_close(flat.rotation[i], alone.rotation[0], atol=10 * tolerance(dtype), rtol=0)
+            torch.testing.assert_close(flat.translation[i], alone.translation[0], atol=10 * tolerance(dtype), rtol=0)
+        g = random_group_element(group, 3, dtype=pos.dtype)
+        moved_pos = g.apply_points(pos, batch)
+        moved = canon(moved_pos, batch=batch)
+        canonical_error = _rel(moved.to_canonical_points(moved_pos, batch), flat.to_canonical_points(pos, batch))
+    if name == "identity":
+        assert canonical_error > 1e-2
+        return
+    assert canonical_error < tolerance(dtype)
+    assert _rel(moved.rotation, g.rotation @ flat.rotation) < tolerance(dtype)
+    if has_translations(group):
+        assert _rel(moved.translation, g.apply_points(flat.translation[:, None])[:, 0]) < tolerance(dtype)
