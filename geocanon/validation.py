@@ -56,7 +56,8 @@ def check_dense_batch(pos: Tensor, mask: Tensor | None = None, name: str = "pos"
 
 def check_flat_batch(pos: Tensor, batch: Tensor, name: str = "pos") -> None:
     """Raise ``ValueError`` unless ``pos`` [M, 3] with ``batch`` [M] is a flat (PyG-style) batch: M > 0 points,
-    one integer cloud index each, sorted (the points of cloud 0 first, then cloud 1, ...)."""
+    one integer cloud index each, sorted (the points of cloud 0 first, then cloud 1, ...), every cloud from 0 to
+    the largest index holding a point."""
     if not isinstance(pos, Tensor) or pos.ndim != 2 or pos.shape[-1] != 3:
         got = list(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
         raise ValueError(f"{name} with a batch vector must have shape [M, 3], got {got}")
@@ -67,6 +68,11 @@ def check_flat_batch(pos: Tensor, batch: Tensor, name: str = "pos") -> None:
         raise ValueError(f"{name} is empty: no points in the batch")
     if batch.numel() > 1 and (batch[1:] < batch[:-1]).any():
         raise ValueError("batch must be sorted (PyG convention: points of cloud 0 first, then cloud 1, ...)")
+    if batch[0] < 0:
+        raise ValueError(f"batch holds negative cloud indices, e.g. {int(batch[0])}")
+    counts = torch.bincount(batch)
+    if (counts == 0).any():
+        raise ValueError(f"{name} has empty cloud(s) {_clouds((counts == 0).nonzero())}: no point carries their index in batch")
 
 
 def check_points(

@@ -438,6 +438,12 @@ def test_every_backbone_takes_flat_pyg_batches_like_padded_ones(name: str) -> No
         model(pos, **features, batch=batch.flip(0))
     with pytest.raises(ValueError, match=r"with a batch vector must have shape \[M, 3\]"):
         model(dense_pos, **features, batch=batch)
+    with pytest.raises(ValueError, match="batch must be an integer tensor"):
+        model(pos, **features, batch=batch.float())
+    with pytest.raises(ValueError, match=r"empty cloud\(s\) \[1\]"):  # no point carries cloud index 1
+        model(pos, **features, batch=torch.where(batch > 0, batch + 1, batch))
+    with pytest.raises(ValueError, match="negative cloud indices"):
+        model(pos, **features, batch=batch - 1)
     if feature_names:
         short = {k: v[:-1] if k == feature_names[0] else v for k, v in features.items()}
         with pytest.raises(ValueError, match=f"per-point input {feature_names[0]} must have {len(batch)} rows"):
