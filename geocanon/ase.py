@@ -1,7 +1,7 @@
 """geocanon potentials inside ASE: an ASE ``Calculator`` for any molecular checkpoint, and an NVE check.
 
     from geocanon.ase import Calculator
-    atoms.calc = Calculator("benchmarks/checkpoints/molecules_ethanol.pt")
+    atoms.calc = Calculator("benchmarks/checkpoints/molecules_100epochs_v2/molecules_ethanol.pt")
     atoms.get_potential_energy(), atoms.get_forces()   # eV, eV/Å
 
 The checkpoint holds a :class:`~geocanon.nn.energy.MolecularPotential` (as the molecules benchmark
