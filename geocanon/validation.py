@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .layout import to_dense
 
-__all__ = ["check_points", "check_features", "check_dense_batch", "check_flat_batch"]
+__all__ = ["check_points", "check_features", "check_dense_batch", "check_flat_batch", "check_one_layout"]
 
 
 def _clouds(indices: Tensor) -> str:
@@ -52,6 +52,12 @@ def check_dense_batch(pos: Tensor, mask: Tensor | None = None, name: str = "pos"
     if not finite.all():
         raise ValueError(f"{name} contains NaN or Inf in cloud(s) {_clouds((~finite).any(1).nonzero())}")
     return mask, torch.nonzero(mask)[:, 0]
+
+
+def check_one_layout(batch: Tensor | None, mask: Tensor | None) -> None:
+    """Raise ``ValueError`` when both ``batch`` (flat input) and ``mask`` (dense input) are given."""
+    if batch is not None and mask is not None:
+        raise ValueError("pass either batch= (flat input [M, 3]) or mask= (dense input [B, N, 3]), not both")
 
 
 def check_flat_batch(pos: Tensor, batch: Tensor, name: str = "pos") -> None:

@@ -22,7 +22,7 @@ from .canonicalizers.base import Canonicalizer
 from .canonicalizers.frame_averaging import pca_frames, weighted_pca_frames
 from .frames import Frame, Group, has_reflections, random_rotation
 from .layout import num_clouds, to_dense
-from .validation import check_dense_batch
+from .validation import check_dense_batch, check_one_layout
 
 #: ``FrameAveraged(train_frames=...)``: every frame in each training step, one sampled frame per cloud, or one
 #: sampled frame turned by a random element of the group (augmentation)
@@ -306,8 +306,7 @@ class FrameAveraged(_FeatureRouting):
         (``mask=`` when given); flat PyG input ``pos`` [M, 3] with ``batch`` [M] calls it with a flat batch of the
         points of every frame (``batch=``), and a ``"vector"`` / ``"position"`` output is then per point [M, 3].
         """
-        if batch is not None and mask is not None:
-            raise ValueError("pass either batch= (flat input [M, 3]) or mask= (dense input [B, N, 3]), not both")
+        check_one_layout(batch, mask)
         vectors, scalars = self._split(features, pos)
         point_weights = self.point_weights_of(scalars, pos)
         weights: Tensor | None = None

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..frames import Frame, has_reflections
+from ..validation import check_one_layout
 
 __all__ = ["ThirdAxisAveraged"]
 
@@ -56,8 +57,7 @@ class ThirdAxisAveraged(nn.Module):
         """Mean of the backbone output in the two candidate frames (see class docstring)."""
         if set(scalars) != set(self.scalar_features):
             raise ValueError(f"expected scalar features {sorted(self.scalar_features)}, got {sorted(scalars)}")
-        if batch is not None and mask is not None:
-            raise ValueError("pass either batch= (flat input [M, 3]) or mask= (dense input [B, N, 3]), not both")
+        check_one_layout(batch, mask)
         can = self.canonicalizer
         features = torch.cat([scalars[k] for k in self.scalar_features], -1) if can.num_scalar_features else None
         frame = can(pos, batch=batch, mask=mask, scalars=features)

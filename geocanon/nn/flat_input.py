@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from torch import Tensor
 
 from ..layout import to_dense
-from ..validation import check_flat_batch
+from ..validation import check_flat_batch, check_one_layout
 
 __all__ = ["accepts_flat_batches"]
 
@@ -41,9 +41,7 @@ def accepts_flat_batches(per_point: bool) -> Callable[[Forward], Forward]:
         def call(self: Any, pos: Tensor, *args: Any, batch: Tensor | None = None, **kwargs: Any) -> Tensor:
             if batch is None:
                 return forward(self, pos, *args, **kwargs)
-            if kwargs.get("mask") is not None:
-                raise ValueError("pass either batch= (flat input [M, 3]) or mask= (dense input [B, N, 3]), not both")
-            kwargs.pop("mask", None)
+            check_one_layout(batch, kwargs.pop("mask", None))
             check_flat_batch(pos, batch)
             for name, value in [*((f"positional argument {i + 2}", a) for i, a in enumerate(args)), *kwargs.items()]:
                 if isinstance(value, Tensor) and (value.ndim == 0 or value.shape[0] != len(pos)):
