@@ -101,6 +101,7 @@ def check_points(
         rel_tol: a singular value counts as zero below ``rel_tol`` times the largest one
             (default 1e-4 for float32, 1e-8 for float64).
     """
+    check_one_layout(batch, mask)
     if batch is not None:
         check_flat_batch(pos, batch, name)
         pos, mask = to_dense(pos, batch)

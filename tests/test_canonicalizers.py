@@ -361,6 +361,8 @@ def test_every_canonicalizer_on_variable_size_flat_batches(name, group, dtype):
         moved_pos = g.apply_points(pos, batch)
         moved = canon(moved_pos, batch=batch)
         canonical_error = _rel(moved.to_canonical_points(moved_pos, batch), flat.to_canonical_points(pos, batch))
+    with pytest.raises(ValueError, match="either batch= .* or mask="):  # a mask beside batch= is not silently dropped
+        canon(pos, batch=batch, mask=torch.ones(len(pos), dtype=torch.bool))
     if name == "identity":
         assert canonical_error > 1e-2
         return
