@@ -526,6 +526,28 @@ def test_third_axis_average_on_flat_pyg_batches_matches_dense_and_is_exact(dtype
         model(dense_pos, charge=to_dense(charge, batch)[0], mask=mask, batch=batch)
 
 
+@pytest.mark.parametrize("method", ["frame-averaging", "weighted-frames", "canonicalized"])
+def test_potential_on_flat_pyg_batches_matches_padded_and_is_exact(method, dtype):
+    """MolecularPotential on pos [M, 3], numbers [M], batch=[M] (molecules of 5, 4 and 5 atoms): the energies of the
+    padded dense batch and the forces of its real atoms as flat rows; energies E(3)-invariant and forces E(3)-equivariant."""
+    model = _potential(method).eval()
+    pos, numbers = _toy_batch(dtype)
+    mask = torch.ones_like(numbers, dtype=torch.bool)
+    mask[1, 4] = False  # the second molecule loses its last atom
+    batch = torch.arange(3)[:, None].expand_as(mask)[mask]
+    energy, forces = model(pos[mask], numbers[mask], batch=batch)
+    dense_energy, dense_forces = model(pos, numbers, mask)
+    assert energy.shape == (3,) and forces.shape == (14, 3)
+    torch.testing.assert_close(energy, dense_energy, atol=10 * default_tolerance(dtype), rtol=0)
+    torch.testing.assert_close(forces, dense_forces[mask], atol=10 * default_tolerance(dtype), rtol=0)
+    for output, which in (("invariant", 0), ("vector", 1)):
+        err = equivariance_error(lambda p, numbers, batch: model(p, numbers, batch=batch)[which], pos[mask], "E3", output,
+                                 scalars={"numbers": numbers[mask]}, batch=batch, trials=2)
+        assert err < default_tolerance(dtype), (output, err)
+    with pytest.raises(ValueError, match="per-point input positional argument 2 must have 14 rows"):
+        model(pos[mask], numbers[mask][:-1], batch=batch)
+
+
 def test_energy_gnn_coordinate_unit():
     from geocanon.nn.energy import EnergyGNN
 

@@ -177,7 +177,8 @@ class MolecularPotential(nn.Module):
             (timings: docs/benchmarks.md, Molecules).
 
     Shapes: ``pos`` [B, N, 3] Å, ``numbers`` [B, N] int (0 = padding), optional ``mask`` [B, N] ->
-    ``(energy [B] eV, forces [B, N, 3] eV/Å)`` (forces of padding atoms are 0).
+    ``(energy [B] eV, forces [B, N, 3] eV/Å)`` (forces of padding atoms are 0); or flat (PyG) ``pos`` [M, 3],
+    ``numbers`` [M] with ``batch=`` [M] -> ``(energy [B], forces [M, 3])``.
     """
 
     def __init__(self, species: Sequence[int], model: nn.Module | dict[str, Any], energy_shift: float = 0.0, energy_scale: float = 1.0,
@@ -195,8 +196,10 @@ class MolecularPotential(nn.Module):
             raise ValueError(f"inference_pairs must be a positive number of atom pairs or None, got {inference_pairs!r}")
         self.inference_pairs = inference_pairs
 
+    @accepts_flat_batches(per_point=(False, True))
     def forward(self, pos: Tensor, numbers: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(energy [B], forces [B, N, 3])`` for ``pos`` [B, N, 3] and ``numbers`` [B, N]."""
+        """``(energy [B], forces [B, N, 3])`` for ``pos`` [B, N, 3] and ``numbers`` [B, N]; flat PyG input ``pos`` [M, 3],
+        ``numbers`` [M] with ``batch=`` [M] gives ``(energy [B], forces [M, 3])``."""
         if numbers.shape != pos.shape[:2]:
             raise ValueError(f"numbers must be [B, N] = {list(pos.shape[:2])}, got {list(numbers.shape)}")
         if mask is None:

@@ -22,14 +22,15 @@ from ..validation import check_flat_batch, check_one_layout
 
 __all__ = ["accepts_flat_batches"]
 
-Forward = TypeVar("Forward", bound=Callable[..., Tensor])
+Forward = TypeVar("Forward", bound=Callable[..., Any])
 
 
-def accepts_flat_batches(per_point: bool) -> Callable[[Forward], Forward]:
+def accepts_flat_batches(per_point: bool | tuple[bool, ...]) -> Callable[[Forward], Forward]:
     """Decorate a dense ``forward(self, pos [B, N, 3], *features, mask=None, **features)`` to accept flat input too.
 
     Args:
-        per_point: whether the output is per point ([B, N, ...] -> flat [M, ...]) rather than per cloud.
+        per_point: whether the output is per point ([B, N, ...] -> flat [M, ...]) rather than per cloud; for a forward
+            that returns a tuple of tensors, one such flag per element.
 
     The decorated forward takes an extra keyword ``batch`` [M] (sorted cloud index of each point, as in PyG). With
     it, ``pos`` must be [M, 3] and every tensor feature must have M rows; passing ``mask`` as well is an error.
@@ -38,7 +39,7 @@ def accepts_flat_batches(per_point: bool) -> Callable[[Forward], Forward]:
 
     def decorate(forward: Forward) -> Forward:
         @functools.wraps(forward)
-        def call(self: Any, pos: Tensor, *args: Any, batch: Tensor | None = None, **kwargs: Any) -> Tensor:
+        def call(self: Any, pos: Tensor, *args: Any, batch: Tensor | None = None, **kwargs: Any) -> Any:
             if batch is None:
                 return forward(self, pos, *args, **kwargs)
             check_one_layout(batch, kwargs.pop("mask", None))
@@ -50,6 +51,8 @@ def accepts_flat_batches(per_point: bool) -> Callable[[Forward], Forward]:
             args = tuple(to_dense(a, batch)[0] if isinstance(a, Tensor) else a for a in args)
             kwargs = {k: to_dense(v, batch)[0] if isinstance(v, Tensor) else v for k, v in kwargs.items()}
             out = forward(self, dense_pos, *args, mask=mask, **kwargs)
+            if isinstance(per_point, tuple):
+                return tuple(o[mask] if flag else o for o, flag in zip(out, per_point, strict=True))
             return out[mask] if per_point else out
 
         return call  # type: ignore[return-value]
