@@ -63,6 +63,15 @@ class PointMLP(nn.Module):
         return h.sum(1)
 
 
+def charged_clouds(sizes: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clouds of the given sizes (anisotropic Gaussian points) with positive charges, alone and as a flat PyG batch:
+    (clouds [n_i, 3], charges [n_i, 1], pos [M, 3], charge [M, 1], batch [M])."""
+    clouds = [torch.randn(n, 3) * torch.tensor([3.0, 2.0, 1.0]) for n in sizes]
+    charges = [torch.rand(n, 1) + 0.5 for n in sizes]
+    batch = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    return clouds, charges, torch.cat(clouds), torch.cat(charges), batch
+
+
 tolerance = default_tolerance  # relative equivariance tolerance of a dtype: 1e-10 in float64, 2e-5 in float32
 
 

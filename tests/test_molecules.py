@@ -29,7 +29,7 @@ from geocanon.data.molecules import KCAL_MOL_TO_EV, MDConfig, generate_molecule,
 from geocanon.frames import random_rotation
 from geocanon.testing import default_tolerance, equivariance_error
 
-from .conftest import PointMLP, default_dtype
+from .conftest import PointMLP, charged_clouds, default_dtype
 
 WATER = Atoms("OH2", positions=[[0.0, 0.0, 0.12], [0.0, 0.76, -0.47], [0.0, -0.76, -0.47]])
 SPECIES = [1, 6, 8]
@@ -506,11 +506,7 @@ def test_third_axis_average_on_flat_pyg_batches_matches_dense_and_is_exact(dtype
     from geocanon.layout import to_dense
     from geocanon.nn.candidates import ThirdAxisAveraged
 
-    sizes = [7, 12, 9]
-    clouds = [torch.randn(n, 3) * torch.tensor([3.0, 2.0, 1.0]) for n in sizes]
-    charges = [torch.rand(n, 1) + 0.5 for n in sizes]
-    pos, charge = torch.cat(clouds), torch.cat(charges)
-    batch = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    clouds, charges, pos, charge, batch = charged_clouds([7, 12, 9])
     canonicalizer = E3nnCanonicalizer(group="E3", hidden_mul=4, k=6, num_points=16, num_scalar_features=1)
     model = ThirdAxisAveraged(PointMLP(per_point=False, charge=True), canonicalizer, scalar_features=["charge"])
     flat = model(pos, charge=charge, batch=batch)

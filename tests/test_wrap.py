@@ -12,7 +12,7 @@ from geocanon.frames import Frame
 from geocanon.testing import assert_equivariant, equivariance_error
 from geocanon.wrap import map_back
 
-from .conftest import PointMLP, tolerance
+from .conftest import PointMLP, charged_clouds, tolerance
 
 
 def _learned(group: str, **kw) -> E3nnCanonicalizer:
@@ -90,10 +90,7 @@ def test_frame_averaging_is_exact(group, dtype):
 def test_frame_averaging_on_flat_pyg_batches_matches_dense_and_is_exact(group, output, sign_tolerance, dtype):
     torch.manual_seed(6)
     sizes = [7, 12, 9]
-    clouds = [torch.randn(n, 3) * torch.tensor([3.0, 2.0, 1.0]) for n in sizes]
-    charges = [torch.rand(n, 1) + 0.5 for n in sizes]
-    pos, charge = torch.cat(clouds), torch.cat(charges)
-    batch = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    clouds, charges, pos, charge, batch = charged_clouds(sizes)
     model = FrameAveraged(PointMLP(per_point=output != "invariant", charge=True), group=group, output=output, scalar_features=["charge"],
                           sign_tolerance=sign_tolerance, point_weights="charge", point_weight_values=[1.0], orientations=2)
     flat = model(pos, charge=charge, batch=batch)
