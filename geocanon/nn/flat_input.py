@@ -7,6 +7,8 @@ per-point features [M, ...] — by padding them with ``torch_geometric.utils.to_
 :func:`geocanon.layout.to_dense`), so that a wrapper such as :class:`~geocanon.Canonicalized` called on a
 ``Batch`` can hand its canonical points straight to the backbone. Per-cloud outputs ([B, ...]) are returned as
 they are, per-point outputs ([B, N, ...]) as the flat rows [M, ...] of the real points, in input order.
+(:class:`~geocanon.nn.schnet.SchNetEnergy` wraps PyG's SchNet, which computes on flat input: it takes a flat batch
+as it is, validated by the same :func:`check_flat_call`.)
 """
 
 from __future__ import annotations
@@ -20,9 +22,19 @@ from torch import Tensor
 from ..layout import to_dense
 from ..validation import check_flat_batch, check_one_layout
 
-__all__ = ["accepts_flat_batches"]
+__all__ = ["accepts_flat_batches", "check_flat_call"]
 
 Forward = TypeVar("Forward", bound=Callable[..., Any])
+
+
+def check_flat_call(pos: Tensor, batch: Tensor, mask: Tensor | None, *args: Any, **features: Any) -> None:
+    """Validate a flat call ``forward(pos [M, 3], *args, batch=[M], **features)``: no ``mask`` beside ``batch``, a valid
+    batch vector, and M rows in every tensor feature (``args`` are named by position, counting ``pos`` as 1)."""
+    check_one_layout(batch, mask)
+    check_flat_batch(pos, batch)
+    for name, value in [*((f"positional argument {i + 2}", a) for i, a in enumerate(args)), *features.items()]:
+        if isinstance(value, Tensor) and (value.ndim == 0 or value.shape[0] != len(pos)):
+            raise ValueError(f"with batch= the per-point input {name} must have {len(pos)} rows like pos, got {list(value.shape)}")
 
 
 def accepts_flat_batches(per_point: bool | tuple[bool, ...]) -> Callable[[Forward], Forward]:
@@ -42,11 +54,7 @@ def accepts_flat_batches(per_point: bool | tuple[bool, ...]) -> Callable[[Forwar
         def call(self: Any, pos: Tensor, *args: Any, batch: Tensor | None = None, **kwargs: Any) -> Any:
             if batch is None:
                 return forward(self, pos, *args, **kwargs)
-            check_one_layout(batch, kwargs.pop("mask", None))
-            check_flat_batch(pos, batch)
-            for name, value in [*((f"positional argument {i + 2}", a) for i, a in enumerate(args)), *kwargs.items()]:
-                if isinstance(value, Tensor) and (value.ndim == 0 or value.shape[0] != len(pos)):
-                    raise ValueError(f"with batch= the per-point input {name} must have {len(pos)} rows like pos, got {list(value.shape)}")
+            check_flat_call(pos, batch, kwargs.pop("mask", None), *args, **kwargs)
             dense_pos, mask = to_dense(pos, batch)
             args = tuple(to_dense(a, batch)[0] if isinstance(a, Tensor) else a for a in args)
             kwargs = {k: to_dense(v, batch)[0] if isinstance(v, Tensor) else v for k, v in kwargs.items()}

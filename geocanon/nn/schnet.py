@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.models import SchNet
 
 from ..layout import to_flat
-from .flat_input import accepts_flat_batches
+from .flat_input import check_flat_call
 
 __all__ = ["DenseRadiusGraph", "SchNetEnergy"]
 
@@ -54,12 +54,14 @@ class SchNetEnergy(nn.Module):
         self.net = SchNet(hidden_channels=hidden, num_filters=filters, num_interactions=interactions, num_gaussians=gaussians,
                           cutoff=cutoff, interaction_graph=DenseRadiusGraph(cutoff))
 
-    @accepts_flat_batches(per_point=False)
-    def forward(self, pos: Tensor, species: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Energy [B] (see class docstring)."""
-        if pos.ndim != 3 or species.shape[:2] != pos.shape[:2]:
-            raise ValueError(f"SchNetEnergy needs pos [B, N, 3] and species [B, N, T], got {list(pos.shape)}, {list(species.shape)}")
-        flat_pos, batch = to_flat(pos, mask)
-        flat_species, _ = to_flat(species, mask)
-        z = flat_species.argmax(-1) + 1
-        return self.net(z, flat_pos, batch)[:, 0]
+    def forward(self, pos: Tensor, species: Tensor, mask: Tensor | None = None, batch: Tensor | None = None) -> Tensor:
+        """Energy [B] (see class docstring). PyG's SchNet computes on flat input: a dense batch is flattened, a flat one
+        used as it is (validated as :func:`~geocanon.nn.flat_input.accepts_flat_batches` validates the others)."""
+        if batch is None:
+            if pos.ndim != 3 or species.shape[:2] != pos.shape[:2]:
+                raise ValueError(f"SchNetEnergy needs pos [B, N, 3] and species [B, N, T], got {list(pos.shape)}, {list(species.shape)}")
+            pos, batch = to_flat(pos, mask)
+            species, _ = to_flat(species, mask)
+        else:
+            check_flat_call(pos, batch, mask, species=species)
+        return self.net(species.argmax(-1) + 1, pos, batch)[:, 0]
