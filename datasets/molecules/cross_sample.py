@@ -6,7 +6,7 @@ the test split of another trajectory generated with the same settings (e.g. the 
 training data. Writes ``<out>.json`` and ``<out>.md``:
 
     python datasets/molecules/cross_sample.py --root data/molecules_v2 --out benchmarks/results/molecules_cross_sample \
-        benchmarks/checkpoints/molecules_*.pt benchmarks/checkpoints/molecules_36epochs/*.pt
+        benchmarks/checkpoints/molecules_12epochs/*.pt benchmarks/checkpoints/molecules_36epochs/*.pt
 """
 
 from __future__ import annotations
