@@ -8,6 +8,7 @@ only, ~10 s on one thread, most of it nequip-train's start-up) is shared by the 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,14 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from geocanon.bench import nequip_anchor
 from geocanon.bench.molecules import MoleculesBenchConfig, run
-from geocanon.bench.nequip_anchor import NequIPConfig, load, require_nequip, train, write_config, write_frames
+from geocanon.bench.nequip_anchor import NequIPConfig, compile_model, load, load_compiled, require_nequip, train, write_config, write_frames
 from geocanon.data.molecules import from_atoms, read_molecules
 from geocanon.testing import default_tolerance
 
 SPECIES = [1, 6, 8]
+#: nequip-compile (AOTInductor) builds a shared library: without a C++ compiler the compiled model is not timed or tested
+HAS_COMPILER = shutil.which("c++") is not None or shutil.which("g++") is not None
+needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="nequip-compile (AOTInductor) needs a C++ compiler")
 
 
 def _emt_frames(n: int, seed: int) -> list:
@@ -63,7 +67,7 @@ def trained(tmp_path_factory):
         molecule="toy", methods=["nequip"], seeds=[0], train_file=str(paths["train"]), valid_file=str(paths["valid"]),
         test_file=str(paths["test"]), n_train=12, n_valid=6, n_test=6, nequip_layers=2, nequip_features=8, max_epochs=2,
         batch_size=4, check_val_every_n_epoch=2, run_dir=str(root / "runs"), results=str(root / "results" / "molecules"),
-        checkpoint_dir=str(root / "ckpt"), progress=False,
+        checkpoint_dir=str(root / "ckpt"), progress=False, time_compiled_nequip=HAS_COMPILER,
     )
     return cfg, run(cfg, nve_steps=3)
 
@@ -119,8 +123,10 @@ def test_benchmark_trains_and_measures_nequip(trained):
     assert "frame_change_deg_median" not in row and "conditioning_frame" not in row
     (summary,) = entry["summary"]
     assert summary["equivariance_group"] == "E3" and summary["epochs"] == 2 and summary["frame_spearman"] is None
-    assert row["frames_per_structure"] == 1 and set(entry["timing"]["ms_per_structure"]) == set(entry["latency"]["ms_per_structure"]) == {"nequip"}
-    assert (Path(cfg.results).parent / "molecules.md").read_text().count("| nequip |") == 3  # summary, timing and latency tables
+    timed = {"nequip", "nequip-compiled"} if HAS_COMPILER else {"nequip"}  # the compiled model is timed, not measured
+    assert row["frames_per_structure"] == 1 and set(entry["timing"]["ms_per_structure"]) == set(entry["latency"]["ms_per_structure"]) == timed
+    text = (Path(cfg.results).parent / "molecules.md").read_text()
+    assert text.count("| nequip |") == 3 and text.count("| nequip-compiled |") == 2 * HAS_COMPILER  # summary, timing and latency tables
 
 
 def test_resume_of_a_finished_run_does_not_train_again(trained):
@@ -169,6 +175,30 @@ def test_loaded_model_matches_nequips_own_calculator_and_keeps_process_state(tra
         model(bad, data.numbers)
     with pytest.raises(ValueError, match="empty cloud"):
         model(data.pos, torch.where(torch.arange(2)[:, None] == 0, 0, data.numbers))
+
+
+@needs_compiler
+def test_compiled_model_matches_the_eager_one(trained, tmp_path):
+    cfg, _ = trained
+    run_dir = Path(cfg.run_dir) / "toy" / "nequip" / "seed0"
+    eager = load(run_dir / "checkpoints" / "best.ckpt", SPECIES)
+    compiled = load_compiled(run_dir / "compiled" / "best.nequip.pt2", SPECIES)  # compiled by the benchmark run
+    frames = _emt_frames(3, seed=11)
+    frames[1] = frames[1][[8, 0, 1, 2, 3, 4, 5, 6, 7]][:6]  # another atom order, fewer atoms: padded below
+    data = from_atoms(frames).to(torch.float32)
+    for count in (1, 3):  # one molecule, and three in one graph: each molecule's energy is the sum over its own atoms
+        (e_eager, f_eager), (e_compiled, f_compiled) = eager(data.pos[:count], data.numbers[:count]), compiled(data.pos[:count], data.numbers[:count])
+        torch.testing.assert_close(e_compiled, e_eager, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(f_compiled, f_eager, atol=1e-4, rtol=1e-4)
+    assert (f_compiled[1, 6:] == 0).all() and (e_compiled[0] - e_compiled[2]).abs() > 1e-6
+    with pytest.raises(ValueError, match="atom types"):
+        load_compiled(run_dir / "compiled" / "best.nequip.pt2", [1, 6])
+    with pytest.raises(ValueError, match=r"NaN or Inf in cloud\(s\) \[1\]"):
+        compiled(torch.where(torch.arange(3)[:, None, None] == 1, float("nan"), data.pos), data.numbers)
+    with pytest.raises(ValueError, match=r"\.nequip\.pt2"):
+        compile_model(run_dir / "checkpoints" / "best.ckpt", tmp_path / "model.pt2")
+    with pytest.raises(RuntimeError, match="nequip-compile failed"):
+        compile_model(tmp_path / "missing.ckpt", tmp_path / "model.nequip.pt2")
 
 
 def test_missing_nequip_is_a_clear_error(monkeypatch, tmp_path):

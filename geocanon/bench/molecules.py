@@ -56,7 +56,7 @@ from ..wrap import FrameAveraged, check_orientations, check_train_frames
 from .. import testing
 from .common import CanonicalizerSettings, count_parameters, mean_std, time_alternating, time_per_call
 from .harness import HardwareSettings, fit, train_config
-from .nequip_anchor import NequIPConfig, train_and_measure
+from .nequip_anchor import NequIPConfig, compiled_for_timing, train_and_measure
 from .results import markdown_table, provenance, write_results
 
 __all__ = [
@@ -164,6 +164,9 @@ class MoleculesBenchConfig(HardwareSettings, CanonicalizerSettings):
     # keeps one (nequip-train's practice: decay 0.999 ramped up as in ema_warmup), with this decay when set
     ema_decay: float | None = None
     ema_warmup: bool = True  # ramp the decay up as NequIP does (see WarmupEMA): without it 36 epochs end far worse
+    # time NequIP also as deployed (compiled ahead of time by nequip-compile, AOTInductor; needs a C++ compiler): the
+    # timing tables gain a "nequip-compiled" row, the first seed's model compiled (see nequip_anchor.compile_model)
+    time_compiled_nequip: bool = False
     # outputs
     run_dir: str = "runs/molecules"
     results: str = "benchmarks/results/molecules"
@@ -615,7 +618,9 @@ def _markdown(payload: dict[str, Any]) -> str:
         "every atom is jittered by N(0, 0.01²) Å (forces differentiate through the frame). nequip = NequIP trained by "
         "its own nequip-train (EMA weights; train time includes its start-up). augment-fa / augment-wf = the augment run's "
         "backbone of the same seed inside frame averaging / weighted frames at inference (no training of their own: "
-        "epochs and train time are the augment run's; errors at its best-validation epoch).\n\n"
+        "epochs and train time are the augment run's; errors at its best-validation epoch). nequip-compiled (in the timing "
+        "tables of runs with time_compiled_nequip) = the same seed's NequIP compiled ahead of time by nequip-compile (AOTInductor), the form NequIP's "
+        "ASE calculator and LAMMPS plugin run; same predictions to float32 rounding.\n\n"
     )
     return header + "\n\n".join(_section(name, entry) for name, entry in sorted(payload["molecules"].items()))
 
@@ -683,6 +688,9 @@ def run(cfg: MoleculesBenchConfig, resume: bool = False, nve_steps: int = 2000) 
                                     meta={"benchmark": "molecules", "molecule": cfg.molecule, "row": best, "config": asdict(cfg)})
             payload = _payload(cfg, rows, ckpt if best else None, None, described, time.perf_counter() - start, complete=False)
             write_results(cfg.results, payload, _markdown(payload))
+    if cfg.time_compiled_nequip and "nequip" in first_seed_models:
+        nequip_dir = Path(cfg.run_dir) / cfg.molecule / "nequip" / f"seed{cfg.seeds[0]}"
+        first_seed_models["nequip-compiled"] = compiled_for_timing(nequip_dir, data["train"].species, resume)
     timing = {"seed": cfg.seeds[0], **interleaved_timing(first_seed_models, data["test"])}
     latency = {"seed": cfg.seeds[0], **interleaved_timing(first_seed_models, data["test"], batch_size=1, structures=LATENCY_STRUCTURES)}
     nve = None

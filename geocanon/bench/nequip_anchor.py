@@ -13,7 +13,10 @@ benchmark's frames with the benchmark's budget, and then measured exactly like t
 * :func:`load` turns the best checkpoint (EMA weights) into a :class:`NequIPPotential`, which has the
   interface of :class:`~geocanon.nn.energy.MolecularPotential`, so the benchmark's ``measure`` applies
   unchanged (test errors, E(3) equivariance of the forces, inference time);
-* :func:`train_and_measure` does all of it and returns the benchmark row.
+* :func:`train_and_measure` does all of it and returns the benchmark row;
+* :func:`compile_model` and :func:`load_compiled` give the same model in NequIP's deployment form, compiled ahead of
+  time by ``nequip-compile`` (AOTInductor, the form its ASE calculator and LAMMPS plugin run), for timing: eager
+  NequIP spends most of its time one structure at a time on per-operation overhead that compilation removes.
 
 ``nequip`` is an optional dependency (``pip install 'geocanon[nequip]'``): nothing here imports it at
 module import time.
@@ -47,7 +50,10 @@ __all__ = [
     "NequIPConfig",
     "NequIPPotential",
     "NequIPTrainResult",
+    "compile_model",
+    "compiled_for_timing",
     "load",
+    "load_compiled",
     "require_nequip",
     "train",
     "train_and_measure",
@@ -392,6 +398,81 @@ def load(checkpoint: str | Path, species: list[int]) -> NequIPPotential:
     if types != _symbols(species):
         raise ValueError(f"{checkpoint} has atom types {types}, expected {_symbols(species)} (species {species})")
     return NequIPPotential(model, species, float(model.metadata[R_MAX_KEY])).eval()
+
+
+#: what the compiled model takes and gives: one graph of any number of molecules (no batch input), per-atom
+#: energies (summed per molecule by :class:`_PerMoleculeEnergies`) and forces. nequip-compile's "ase" and "batch"
+#: targets also ask for the stress, which is NaN without a cell, and the compile-time check of eager against
+#: compiled outputs then fails.
+_COMPILED_INPUTS = ("pos", "edge_index", "atom_types")
+_COMPILED_OUTPUTS = ("atomic_energy", "forces")
+
+
+def compile_model(checkpoint: str | Path, path: str | Path, threads: int | None = None) -> Path:
+    """Compile a ``nequip-train`` checkpoint for the CPU with ``nequip-compile --mode aotinductor`` (a subprocess, about
+    a minute; its output goes to ``<path>.log``) into ``path``, which must end in ``.nequip.pt2``.
+
+    The compiled model takes positions, edges and atom types of one graph (any number of molecules) and returns
+    per-atom energies and forces (see :func:`load_compiled`). Needs a C++ compiler (AOTInductor builds a shared library).
+    """
+    require_nequip()
+    path = Path(path).resolve()
+    if not path.name.endswith(".nequip.pt2"):
+        raise ValueError(f"nequip-compile writes AOTInductor models to files ending in .nequip.pt2, got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "nequip.scripts.compile", str(Path(checkpoint).resolve()), str(path), "--mode", "aotinductor",
+               "--device", "cpu", "--input-fields", *_COMPILED_INPUTS, "--output-fields", *_COMPILED_OUTPUTS]
+    n = str(threads or torch.get_num_threads())
+    env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "HYDRA_FULL_ERROR": "1"}
+    log = path.with_name(path.name + ".log")
+    with log.open("w") as out:
+        returncode = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=path.parent, check=False).returncode
+    if returncode != 0 or not path.is_file():
+        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"nequip-compile failed (exit {returncode}); last lines of {log}:\n{tail}")
+    return path
+
+
+class _PerMoleculeEnergies(nn.Module):
+    """A compiled NequIP model (per-atom energies and forces of one graph) as a graph model giving each molecule's
+    total energy: the sum of its atoms' energies, the molecules being disconnected in the radius graph."""
+
+    def __init__(self, compiled: nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, graph: dict[str, Tensor]) -> dict[str, Tensor]:
+        from nequip.data import AtomicDataDict
+
+        out = self.compiled(graph)
+        atomic = out[AtomicDataDict.PER_ATOM_ENERGY_KEY].reshape(-1)
+        molecules = len(graph[AtomicDataDict.NUM_NODES_KEY])
+        total = atomic.new_zeros(molecules).index_add(0, graph[AtomicDataDict.BATCH_KEY], atomic)
+        return {AtomicDataDict.TOTAL_ENERGY_KEY: total, AtomicDataDict.FORCE_KEY: out[AtomicDataDict.FORCE_KEY]}
+
+
+def load_compiled(path: str | Path, species: list[int]) -> NequIPPotential:
+    """The model compiled by :func:`compile_model` as a :class:`NequIPPotential` (energies and forces of dense
+    padded molecules, as the eager model from :func:`load`, to float32 rounding)."""
+    require_nequip()
+    from nequip.model.inference_models.compiled import load_compiled_model
+    from nequip.nn.graph_model import R_MAX_KEY, TYPE_NAMES_KEY
+
+    with _process_state_kept():
+        compiled, metadata = load_compiled_model(str(path), "cpu", list(_COMPILED_INPUTS), list(_COMPILED_OUTPUTS))
+    if metadata[TYPE_NAMES_KEY] != _symbols(species):
+        raise ValueError(f"{path} has atom types {metadata[TYPE_NAMES_KEY]}, expected {_symbols(species)} (species {species})")
+    return NequIPPotential(_PerMoleculeEnergies(compiled), species, float(metadata[R_MAX_KEY])).eval()
+
+
+def compiled_for_timing(run_dir: str | Path, species: list[int], resume: bool = False) -> NequIPPotential:
+    """The best model of the finished :func:`train` run in ``run_dir``, compiled (:func:`compile_model`) into
+    ``run_dir/compiled/best.nequip.pt2`` and loaded; with ``resume`` an existing compiled file is reused."""
+    result = NequIPTrainResult(**json.loads((Path(run_dir) / "result.json").read_text()))
+    path = Path(run_dir) / "compiled" / "best.nequip.pt2"
+    if not (resume and path.is_file()):
+        compile_model(result.best_checkpoint, path)
+    return load_compiled(path, species)
 
 
 def train_and_measure(settings: NequIPConfig, data: dict[str, MoleculeDataset], run_dir: str | Path, resume: bool = False,
