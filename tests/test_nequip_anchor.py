@@ -24,7 +24,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from geocanon.bench import nequip_anchor
 from geocanon.bench.molecules import MoleculesBenchConfig, run
-from geocanon.bench.nequip_anchor import NequIPConfig, compile_model, load, load_compiled, require_nequip, train, write_config, write_frames
+from geocanon.bench.nequip_anchor import NequIPConfig, compile_model, compiled_for_timing, load, load_compiled, require_nequip, train, write_config, write_frames
 from geocanon.data.molecules import from_atoms, read_molecules
 from geocanon.testing import default_tolerance
 
@@ -191,8 +191,12 @@ def test_compiled_model_matches_the_eager_one(trained, tmp_path):
         torch.testing.assert_close(e_compiled, e_eager, atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(f_compiled, f_eager, atol=1e-4, rtol=1e-4)
     assert (f_compiled[1, 6:] == 0).all() and (e_compiled[0] - e_compiled[2]).abs() > 1e-6
+    compiled_file = run_dir / "compiled" / "best.nequip.pt2"
+    written = compiled_file.stat().st_mtime_ns
+    torch.testing.assert_close(compiled_for_timing(run_dir, SPECIES, resume=True)(data.pos, data.numbers)[1], f_compiled)
+    assert compiled_file.stat().st_mtime_ns == written  # resumed: the compiled file is reused, not compiled again
     with pytest.raises(ValueError, match="atom types"):
-        load_compiled(run_dir / "compiled" / "best.nequip.pt2", [1, 6])
+        load_compiled(compiled_file, [1, 6])
     with pytest.raises(ValueError, match=r"NaN or Inf in cloud\(s\) \[1\]"):
         compiled(torch.where(torch.arange(3)[:, None, None] == 1, float("nan"), data.pos), data.numbers)
     with pytest.raises(ValueError, match=r"\.nequip\.pt2"):

@@ -259,6 +259,21 @@ def _checkpoint_summary(last: Path) -> tuple[str, float, int, int]:
     return best_path, float(monitored[0]["best_model_score"]), best_epoch, int(state["epoch"]) + 1
 
 
+def _run_logged(command: list[str], log: Path, cwd: Path, threads: int | None, append: bool) -> int:
+    """Run one of nequip's commands with ``threads`` intra-op threads (default: this process's), its output into ``log``
+    (appended or overwritten), in ``cwd``; its exit status."""
+    n = str(threads or torch.get_num_threads())
+    env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "HYDRA_FULL_ERROR": "1"}
+    with log.open("a" if append else "w") as out:
+        return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, check=False).returncode
+
+
+def _failure(name: str, returncode: int, log: Path) -> RuntimeError:
+    """The error of a failed nequip command, with the last lines of its log."""
+    tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+    return RuntimeError(f"{name} failed (exit {returncode}); last lines of {log}:\n{tail}")
+
+
 def train(settings: NequIPConfig, species: list[int], train_file: str | Path, valid_file: str | Path, run_dir: str | Path,
           resume: bool = False, threads: int | None = None) -> NequIPTrainResult:
     """Train NequIP with ``nequip-train`` in a subprocess; its output goes to ``run_dir/nequip-train.log``.
@@ -284,19 +299,15 @@ def train(settings: NequIPConfig, species: list[int], train_file: str | Path, va
     command = [sys.executable, "-m", "nequip.scripts.train", "-cp", str(config.parent), "-cn", config.stem]
     if resume and last.is_file():
         command.append(f"++ckpt_path={last}")
-    n = str(threads or torch.get_num_threads())
-    env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "HYDRA_FULL_ERROR": "1"}
     time_file = run_dir / "train_time.json"
     previous = json.loads(time_file.read_text())["train_time_s"] if resume and time_file.is_file() else 0.0
     log = run_dir / "nequip-train.log"
     start = time.perf_counter()
-    with log.open("a") as out:
-        returncode = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=run_dir, check=False).returncode
+    returncode = _run_logged(command, log, run_dir, threads, append=True)
     elapsed = previous + time.perf_counter() - start
     time_file.write_text(json.dumps({"train_time_s": elapsed}))
     if returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"nequip-train failed (exit {returncode}); last lines of {log}:\n{tail}")
+        raise _failure("nequip-train", returncode, log)
     best_path, score, best_epoch, epochs = _checkpoint_summary(last)
     result = NequIPTrainResult(best_val_loss=score, best_epoch=best_epoch, epochs_run=epochs, train_time_s=elapsed, best_checkpoint=best_path)
     result_file.write_text(json.dumps(asdict(result), indent=2))
@@ -422,14 +433,10 @@ def compile_model(checkpoint: str | Path, path: str | Path, threads: int | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "nequip.scripts.compile", str(Path(checkpoint).resolve()), str(path), "--mode", "aotinductor",
                "--device", "cpu", "--input-fields", *_COMPILED_INPUTS, "--output-fields", *_COMPILED_OUTPUTS]
-    n = str(threads or torch.get_num_threads())
-    env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "HYDRA_FULL_ERROR": "1"}
     log = path.with_name(path.name + ".log")
-    with log.open("w") as out:
-        returncode = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=path.parent, check=False).returncode
+    returncode = _run_logged(command, log, path.parent, threads, append=False)
     if returncode != 0 or not path.is_file():
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"nequip-compile failed (exit {returncode}); last lines of {log}:\n{tail}")
+        raise _failure("nequip-compile", returncode, log)
     return path
 
 
