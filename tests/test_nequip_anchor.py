@@ -26,7 +26,7 @@ from geocanon.bench import nequip_anchor
 from geocanon.bench.molecules import MoleculesBenchConfig, run
 from geocanon.bench.nequip_anchor import NequIPConfig, compile_model, compiled_for_timing, load, load_compiled, require_nequip, train, write_config, write_frames
 from geocanon.data.molecules import from_atoms, read_molecules
-from geocanon.testing import default_tolerance
+from geocanon.testing import default_tolerance, equivariance_error
 
 SPECIES = [1, 6, 8]
 #: nequip-compile (AOTInductor) builds a shared library: without a C++ compiler the compiled model is not timed or tested
@@ -191,6 +191,11 @@ def test_compiled_model_matches_the_eager_one(trained, tmp_path):
         torch.testing.assert_close(e_compiled, e_eager, atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(f_compiled, f_eager, atol=1e-4, rtol=1e-4)
     assert (f_compiled[1, 6:] == 0).all() and (e_compiled[0] - e_compiled[2]).abs() > 1e-6
+    mask = data.numbers > 0  # E(3) with reflections and translations, float32 (the model's dtype): exact like the eager one
+    for output, which in (("invariant", 0), ("vector", 1)):
+        error = equivariance_error(lambda p, numbers, mask: compiled(p, numbers, mask)[which], data.pos, "E3", output,
+                                   scalars={"numbers": data.numbers}, mask=mask, trials=4)
+        assert error < default_tolerance(torch.float32), (output, error)
     compiled_file = run_dir / "compiled" / "best.nequip.pt2"
     written = compiled_file.stat().st_mtime_ns
     torch.testing.assert_close(compiled_for_timing(run_dir, SPECIES, resume=True)(data.pos, data.numbers)[1], f_compiled)

@@ -453,9 +453,14 @@ def _train_nequip(seed: int, cfg: MoleculesBenchConfig, data: dict[str, Molecule
     return train_and_measure(nequip_settings(cfg, seed), data, run_dir, resume)
 
 
+def _run_folder(cfg: MoleculesBenchConfig, method: str, seed: int) -> Path:
+    """The folder of one run: ``run_dir/molecule/method/seed<seed>``."""
+    return Path(cfg.run_dir) / cfg.molecule / method / f"seed{seed}"
+
+
 def _fit(method: str, seed: int, cfg: MoleculesBenchConfig, data: dict[str, MoleculeDataset], resume: bool) -> tuple[nn.Module, dict[str, Any]]:
-    """Train (or, finished, reload) ``method``'s model on ``seed`` in ``run_dir/molecule/method/seed<seed>``: the model and its training row."""
-    run_dir = Path(cfg.run_dir) / cfg.molecule / method / f"seed{seed}"
+    """Train (or, finished, reload) ``method``'s model on ``seed`` in its :func:`_run_folder`: the model and its training row."""
+    run_dir = _run_folder(cfg, method, seed)
     torch.manual_seed(seed)
     shift, scale = _normalisation(data["train"])
     model = checkpoint.build(model_spec(method, cfg, data["train"].species, data["train"].pos.shape[1], shift, scale))
@@ -512,7 +517,7 @@ def _augment_in_frames(method: str, seed: int, cfg: MoleculesBenchConfig, data: 
 def _train_one(method: str, seed: int, cfg: MoleculesBenchConfig, data: dict[str, MoleculeDataset], resume: bool,
                fitted: Fitted) -> tuple[nn.Module, dict[str, Any]]:
     if method == "nequip":
-        model, row = _train_nequip(seed, cfg, data, Path(cfg.run_dir) / cfg.molecule / method / f"seed{seed}", resume)
+        model, row = _train_nequip(seed, cfg, data, _run_folder(cfg, method, seed), resume)
         return model, {"molecule": cfg.molecule, "method": method, "seed": seed, **row}
     model, row = (_augment_in_frames if method in AUGMENT_IN_FRAMES else _fit_once)(method, seed, cfg, data, resume, fitted)
     row.update(measure(model, data["test"], group=_group(method)))
@@ -689,8 +694,7 @@ def run(cfg: MoleculesBenchConfig, resume: bool = False, nve_steps: int = 2000) 
             payload = _payload(cfg, rows, ckpt if best else None, None, described, time.perf_counter() - start, complete=False)
             write_results(cfg.results, payload, _markdown(payload))
     if cfg.time_compiled_nequip and "nequip" in first_seed_models:
-        nequip_dir = Path(cfg.run_dir) / cfg.molecule / "nequip" / f"seed{cfg.seeds[0]}"
-        first_seed_models["nequip-compiled"] = compiled_for_timing(nequip_dir, data["train"].species, resume)
+        first_seed_models["nequip-compiled"] = compiled_for_timing(_run_folder(cfg, "nequip", cfg.seeds[0]), data["train"].species, resume)
     timing = {"seed": cfg.seeds[0], **interleaved_timing(first_seed_models, data["test"])}
     latency = {"seed": cfg.seeds[0], **interleaved_timing(first_seed_models, data["test"], batch_size=1, structures=LATENCY_STRUCTURES)}
     nve = None

@@ -259,6 +259,11 @@ def _checkpoint_summary(last: Path) -> tuple[str, float, int, int]:
     return best_path, float(monitored[0]["best_model_score"]), best_epoch, int(state["epoch"]) + 1
 
 
+def _stored_result(run_dir: Path) -> NequIPTrainResult:
+    """What the finished :func:`train` run in ``run_dir`` stored in its ``result.json``."""
+    return NequIPTrainResult(**json.loads((run_dir / "result.json").read_text()))
+
+
 def _run_logged(command: list[str], log: Path, cwd: Path, threads: int | None, append: bool) -> int:
     """Run one of nequip's commands with ``threads`` intra-op threads (default: this process's), its output into ``log``
     (appended or overwritten), in ``cwd``; its exit status."""
@@ -293,7 +298,7 @@ def train(settings: NequIPConfig, species: list[int], train_file: str | Path, va
     run_dir = Path(run_dir).resolve()
     result_file = run_dir / "result.json"
     if resume and result_file.is_file():
-        return NequIPTrainResult(**json.loads(result_file.read_text()))
+        return _stored_result(run_dir)
     config = write_config(run_dir / "config.yaml", settings, species, train_file, valid_file, run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     command = [sys.executable, "-m", "nequip.scripts.train", "-cp", str(config.parent), "-cn", config.stem]
@@ -475,10 +480,9 @@ def load_compiled(path: str | Path, species: list[int]) -> NequIPPotential:
 def compiled_for_timing(run_dir: str | Path, species: list[int], resume: bool = False) -> NequIPPotential:
     """The best model of the finished :func:`train` run in ``run_dir``, compiled (:func:`compile_model`) into
     ``run_dir/compiled/best.nequip.pt2`` and loaded; with ``resume`` an existing compiled file is reused."""
-    result = NequIPTrainResult(**json.loads((Path(run_dir) / "result.json").read_text()))
     path = Path(run_dir) / "compiled" / "best.nequip.pt2"
     if not (resume and path.is_file()):
-        compile_model(result.best_checkpoint, path)
+        compile_model(_stored_result(Path(run_dir)).best_checkpoint, path)
     return load_compiled(path, species)
 
 
